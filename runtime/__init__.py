@@ -1,0 +1,42 @@
+"""sopi runtime: volumes, poses, the DRR projector, registration. Never imports torch."""
+
+from calib.geometry import Intrinsics
+from runtime.errors import (
+    BackendUnavailableError,
+    BundleError,
+    BundleHashError,
+    BundleSchemaError,
+    CTLoadError,
+    EngineBuildError,
+    FrameMismatchError,
+    PoseError,
+    ProjectorError,
+    RegistrationError,
+    SopiError,
+    VolumeError,
+)
+from runtime.volume import MU_WATER, Volume, hu_to_mu
+from runtime.io import load_ct, load_mask
+from runtime.phantom import make_phantom
+
+__all__ = [
+    "Intrinsics",
+    "Volume",
+    "MU_WATER",
+    "hu_to_mu",
+    "load_ct",
+    "load_mask",
+    "make_phantom",
+    "SopiError",
+    "VolumeError",
+    "CTLoadError",
+    "PoseError",
+    "ProjectorError",
+    "BackendUnavailableError",
+    "RegistrationError",
+    "FrameMismatchError",
+    "BundleError",
+    "BundleHashError",
+    "BundleSchemaError",
+    "EngineBuildError",
+]

@@ -1,0 +1,53 @@
+"""Registration error metrics between an estimated and a true ``T_cam_from_ct``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calib.geometry import Intrinsics
+from runtime.pose import invert, rotation_angle
+
+__all__ = [
+    "rotation_error_deg",
+    "translation_error_mm",
+    "mean_tre_mm",
+    "reprojection_distance_mm",
+]
+
+
+def rotation_error_deg(T_est: np.ndarray, T_true: np.ndarray) -> float:
+    """Angle of R_est R_true^T in degrees."""
+    R = np.asarray(T_est, float)[:3, :3] @ np.asarray(T_true, float)[:3, :3].T
+    return float(np.degrees(rotation_angle(R)))
+
+
+def translation_error_mm(T_est: np.ndarray, T_true: np.ndarray, centre_ct: np.ndarray | None = None) -> float:
+    """Distance between where the two poses put a CT point (the CT origin, or ``centre_ct``)."""
+    c = np.zeros(3) if centre_ct is None else np.asarray(centre_ct, float)
+    a = np.asarray(T_est, float)[:3, :3] @ c + np.asarray(T_est, float)[:3, 3]
+    b = np.asarray(T_true, float)[:3, :3] @ c + np.asarray(T_true, float)[:3, 3]
+    return float(np.linalg.norm(a - b))
+
+
+def mean_tre_mm(T_est: np.ndarray, T_true: np.ndarray, points_ct: np.ndarray) -> float:
+    """Mean 3-D target registration error over CT points (N, 3): mean |T_est p - T_true p|."""
+    p = np.asarray(points_ct, float)
+    D = invert(T_true) @ np.asarray(T_est, float)
+    q = p @ D[:3, :3].T + D[:3, 3]
+    return float(np.mean(np.linalg.norm(q - p, axis=1)))
+
+
+def reprojection_distance_mm(T_est: np.ndarray, T_true: np.ndarray, points_ct: np.ndarray,
+                             intrinsics: Intrinsics) -> float:
+    """Mean 2-D distance (mm at the detector) between the projections of CT points (N, 3)."""
+    p = np.asarray(points_ct, float)
+
+    def proj(T: np.ndarray) -> np.ndarray:
+        T = np.asarray(T, float)
+        return intrinsics.project(p @ T[:3, :3].T + T[:3, 3])
+
+    d = proj(T_est) - proj(T_true)
+    d_mm = np.hypot(d[:, 0] * intrinsics.du_mm, d[:, 1] * intrinsics.dv_mm)
+    if not np.all(np.isfinite(d_mm)):
+        return float("inf")
+    return float(np.mean(d_mm))
