@@ -10,6 +10,9 @@ from calib.errors import (
     SopiError,
 )
 from calib.geometry import Intrinsics
+from calib.frame import FluoroFrame
+from calib.dicom import intrinsics_from_dataset, iter_fluoro, read_fluoro
+from calib.writer import write_xa
 
 __all__ = [
     "Intrinsics",
@@ -20,4 +23,9 @@ __all__ = [
     "DicomIntensityError",
     "DicomReadError",
     "IntrinsicsError",
+    "FluoroFrame",
+    "read_fluoro",
+    "iter_fluoro",
+    "intrinsics_from_dataset",
+    "write_xa",
 ]

@@ -1,0 +1,572 @@
+"""Read X-ray projection DICOM objects (XA, XRF, Enhanced XA/XRF, DX, CR) into `FluoroFrame`s.
+
+Conventions (see docs/dicom.md and the design):
+
+* intrinsics from Distance Source to Detector + **Imager** Pixel Spacing (detector plane). Pixel
+  Spacing (patient plane) is used only when Imager Pixel Spacing is absent *and* Pixel Spacing
+  Calibration Type is absent (then both are equal by definition), with a warning;
+* principal point at the image centre unless an enhanced object carries Position of Isocenter
+  Projection;
+* Field of View Rotation / Horizontal Flip are undone (un-flip, then rotate back): the result is
+  the physical detector as seen from the source; ``mirrored=True`` when a flip was undone (from the
+  tags, or because a calibration file says the device stores mirrored frames);
+* every pydicom exception becomes a `DicomReadError` (or a more specific calib error).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings as _warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.errors import CalibError, DicomGeometryError, DicomIntensityError, DicomReadError, IntrinsicsError
+from calib.frame import FluoroFrame
+from calib.geometry import Intrinsics
+from calib.intensity import IntensityModel, to_line_integrals
+
+__all__ = ["read_fluoro", "iter_fluoro", "intrinsics_from_dataset", "SOP_CLASSES", "open_dataset"]
+
+SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.12.1": "XA",
+    "1.2.840.10008.5.1.4.1.1.12.2": "XRF",
+    "1.2.840.10008.5.1.4.1.1.12.1.1": "EnhancedXA",
+    "1.2.840.10008.5.1.4.1.1.12.2.1": "EnhancedXRF",
+    "1.2.840.10008.5.1.4.1.1.12.3": "XABiplane",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DXProcessing",
+    "1.2.840.10008.5.1.4.1.1.1": "CR",
+}
+_FLUORO = {"XA", "XRF", "EnhancedXA", "EnhancedXRF", "XABiplane"}
+
+_PLUGIN_HINTS = {
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless: pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1: pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS: pip install pyjpegls (or pylibjpeg + pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS: pip install pyjpegls (or pylibjpeg + pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.201": "HTJ2K: pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "HTJ2K: pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "HTJ2K: pip install pylibjpeg pylibjpeg-openjpeg",
+}
+
+
+# --------------------------------------------------------------------------------------------- opening
+def open_dataset(src: Any) -> tuple[Any, str | None]:
+    """(dataset, path or None). Files are read with large elements (the pixels) deferred."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    if isinstance(src, Dataset):
+        return src, getattr(src, "filename", None) if isinstance(getattr(src, "filename", None), str) else None
+    if not isinstance(src, (str, os.PathLike)):
+        raise DicomReadError(f"expected a path or a pydicom Dataset, got {type(src).__name__}")
+    path = Path(src)
+    if not path.is_file():
+        raise DicomReadError(f"{path}: no such file")
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size="64 KB")
+    except Exception as exc:  # InvalidDicomError, EOFError, struct errors, ...
+        raise DicomReadError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    if len(ds) == 0 and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        raise DicomReadError(f"{path}: not a DICOM file (no data elements)")
+    return ds, str(path)
+
+
+# --------------------------------------------------------------------------------------------- tag access
+def _items(ds: Any, frame: int) -> list[Any]:
+    """Datasets to search for an attribute: per-frame functional groups, shared groups, top level."""
+    out = []
+    for kw, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(kw)
+        try:
+            item = seq[idx] if seq is not None and len(seq) > idx else None
+        except Exception:
+            item = None
+        if item is not None:
+            for elem in item:
+                if elem.VR == "SQ" and elem.value:
+                    out.extend(list(elem.value))
+    out.append(ds)
+    return out
+
+
+def _lookup(ds: Any, frame: int, keyword: str) -> Any:
+    for item in _items(ds, frame):
+        try:
+            if keyword in item:
+                value = item[keyword].value
+                if value is not None and value != "":
+                    return value
+        except Exception:
+            continue
+    return None
+
+
+def _floats(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        seq = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+        return [float(v) for v in seq]
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    vals = _floats(value)
+    return vals[0] if vals else None
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _fmt(value: Any) -> str:
+    return "\\".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
+
+
+# --------------------------------------------------------------------------------------------- frames
+def _n_frames(ds: Any) -> int:
+    if "NumberOfFrames" not in ds:
+        return 1
+    try:
+        n = int(ds.NumberOfFrames)
+    except (TypeError, ValueError):
+        raise DicomReadError(f"Number of Frames (0028,0008) = {ds.get('NumberOfFrames')!r} is not an integer") from None
+    if n < 1:
+        raise DicomReadError(f"Number of Frames (0028,0008) = {n}: the object holds no frame")
+    return n
+
+
+def _check_pixels(ds: Any, name: str) -> None:
+    if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DicomReadError(f"{name}: no Pixel Data (7FE0,0010)")
+    spp = ds.get("SamplesPerPixel", 1)
+    pi = _str(ds.get("PhotometricInterpretation", ""))
+    if spp not in (1, None) or (pi and pi not in ("MONOCHROME1", "MONOCHROME2")):
+        raise DicomIntensityError(f"{name}: colour image (Samples per Pixel {spp}, Photometric Interpretation {pi!r}); "
+                                  "an X-ray projection must be MONOCHROME1/2")
+    for kw in ("Rows", "Columns", "BitsAllocated"):
+        if kw not in ds:
+            raise DicomReadError(f"{name}: missing {kw}; cannot decode the pixels")
+
+
+def _decode_frame(ds: Any, path: str | None, frame: int) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=frame)
+    except Exception as exc:
+        hint = _PLUGIN_HINTS.get(ts)
+        extra = f"; decoder missing for {hint}" if hint and ("plugin" in str(exc).lower() or "available" in str(exc).lower()) else ""
+        raise DicomReadError(f"{path or '<dataset>'}: cannot decode frame {frame} "
+                             f"(transfer syntax {ts or 'unknown'}): {type(exc).__name__}: {exc}{extra}") from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise DicomIntensityError(f"{path or '<dataset>'}: decoded frame has shape {arr.shape}, expected (rows, cols)")
+    return arr
+
+
+# --------------------------------------------------------------------------------------------- intensities
+def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str) -> tuple[np.ndarray, float, bool]:
+    """Apply the Modality LUT. Returns (values, vmax of the representable range, lut_applied)."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    lut_seq = ds.get("ModalityLUTSequence")
+    if lut_seq:
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            desc = lut_seq[0].LUTDescriptor
+            return out, float(2 ** int(desc[2]) - 1), True
+        except Exception as exc:
+            raise DicomIntensityError(f"invalid Modality LUT Sequence: {exc}") from None
+    slope = _float(_lookup(ds, frame, "RescaleSlope"))
+    icpt = _float(_lookup(ds, frame, "RescaleIntercept"))
+    slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else slope
+    icpt = 0.0 if icpt is None or not math.isfinite(icpt) else icpt
+    out = arr.astype(np.float64) * slope + icpt
+    return out, max(lo * slope + icpt, hi * slope + icpt), False
+
+
+def _intensity_model(ds: Any, frame: int, sop: str, lut_applied: bool, vmax: float,
+                     warns: list[str]) -> IntensityModel:
+    pir = _str(_lookup(ds, frame, "PixelIntensityRelationship")).upper()
+    sign_v = _lookup(ds, frame, "PixelIntensityRelationshipSign")
+    pi = _str(ds.get("PhotometricInterpretation", "")).upper()
+    bits = int(ds.get("BitsStored", 16) or 16)
+    if sign_v is not None and int(sign_v) in (1, -1):
+        sign = int(sign_v)
+    else:
+        if sop in _FLUORO or sop == "" and pi == "MONOCHROME2":
+            sign = 1
+        else:
+            sign = 1 if pi == "MONOCHROME1" else -1
+        if not (sop in _FLUORO and pir in ("LIN", "LOG")):
+            warns.append(f"Pixel Intensity Relationship Sign absent: assumed {sign:+d} from {sop or 'SOP class'}"
+                         f"/{pi or 'photometric'}")
+    model = IntensityModel(relationship=pir, sign=sign, vmax=vmax, bits_stored=bits)
+    if pir == "LIN":
+        pass
+    elif pir == "LOG":
+        if lut_applied and sop in _FLUORO:
+            model.lut_is_linear = True
+            model.sign = 1
+            warns.append("LOG data with a Modality LUT Sequence: LUT output taken as linear intensity")
+    elif pir == "":
+        if sop in _FLUORO:
+            warns.append("Pixel Intensity Relationship absent on an XA/XRF object: assumed LIN")
+            model.relationship = "LIN"
+        else:
+            warns.append("Pixel Intensity Relationship absent (usual for CR): assumed logarithmic data (LOG)")
+    else:
+        warns.append(f"Pixel Intensity Relationship {pir}: display-processed / not quantitative, "
+                     "treated as log-like; line integrals are approximate")
+    return model
+
+
+# --------------------------------------------------------------------------------------------- shutters
+def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -> np.ndarray:
+    import cv2
+
+    H, W = shape
+    mask = np.ones(shape, bool)
+    rr, cc = np.mgrid[1:H + 1, 1:W + 1]
+    for prefix, shape_kw in (("Collimator", "CollimatorShape"), ("Shutter", "ShutterShape")):
+        shapes = _str(_lookup(ds, frame, shape_kw)).upper().split("\\")
+        for s in [x for x in shapes if x]:
+            name = f"{prefix} {s}"
+            try:
+                if s == "RECTANGULAR":
+                    edges = [_float(_lookup(ds, frame, f"{prefix}{e}")) for e in
+                             ("LeftVerticalEdge", "RightVerticalEdge", "UpperHorizontalEdge", "LowerHorizontalEdge")]
+                    if any(e is None for e in edges):
+                        warns.append(f"{name}: edges missing, ignored")
+                        continue
+                    left, right, up, low = edges
+                    if not (1 <= left < right <= W and 1 <= up < low <= H):
+                        warns.append(f"{name} edges L{left:g} R{right:g} U{up:g} Lo{low:g} are not 1-based "
+                                     f"pixel indices of the {W}x{H} image: ignored")
+                        continue
+                    mask &= (cc >= left) & (cc <= right) & (rr >= up) & (rr <= low)
+                elif s == "CIRCULAR":
+                    ctr = _floats(_lookup(ds, frame, f"CenterOfCircular{prefix}"))
+                    rad = _float(_lookup(ds, frame, f"RadiusOfCircular{prefix}"))
+                    if not ctr or len(ctr) != 2 or rad is None or rad <= 0:
+                        warns.append(f"{name}: centre/radius missing or invalid, ignored")
+                        continue
+                    mask &= (rr - ctr[0]) ** 2 + (cc - ctr[1]) ** 2 <= rad ** 2
+                elif s == "POLYGONAL":
+                    v = _floats(_lookup(ds, frame, f"VerticesOfThePolygonal{prefix}"))
+                    if not v or len(v) < 6 or len(v) % 2:
+                        warns.append(f"{name}: vertices missing or invalid, ignored")
+                        continue
+                    pts = np.array(v, dtype=np.float64).reshape(-1, 2)[:, ::-1] - 1.0
+                    poly = np.zeros(shape, np.uint8)
+                    cv2.fillPoly(poly, [np.round(pts).astype(np.int32)], 1)
+                    mask &= poly.astype(bool)
+                else:
+                    warns.append(f"{name}: unknown shape, ignored")
+            except Exception as exc:  # malformed values
+                warns.append(f"{name}: unreadable ({exc}), ignored")
+    if not mask.any():
+        warns.append("shutters/collimator leave no pixel: ignored")
+        mask[:] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------- geometry
+def _orientation(ds: Any, frame: int, warns: list[str]) -> tuple[int, bool]:
+    rot_v = _lookup(ds, frame, "FieldOfViewRotation")
+    flip_v = _str(_lookup(ds, frame, "FieldOfViewHorizontalFlip")).upper()
+    rot = 0
+    if rot_v is not None:
+        r = _float(rot_v)
+        if r is None or r % 90 != 0:
+            warns.append(f"Field of View Rotation {rot_v!r} is not 0/90/180/270: ignored")
+        else:
+            rot = int(r) % 360
+    return rot, flip_v == "YES"
+
+
+def _orient(arr: np.ndarray, rot: int, flip: bool) -> np.ndarray:
+    """Stored -> physical detector: undo the horizontal flip, then rotate back (counter-clockwise)."""
+    out = arr[:, ::-1] if flip else arr
+    if rot:
+        out = np.rot90(out, k=rot // 90)
+    return np.ascontiguousarray(out)
+
+
+def _geometry(ds: Any, frame: int, stored_shape: tuple[int, int], rot: int,
+              warns: list[str]) -> tuple[Intrinsics | None, list[str], str]:
+    """Intrinsics of the oriented frame from the tags. Returns (intrinsics or None, problems, source)."""
+    problems: list[str] = []
+    source = "tags"
+    sdd_v = _lookup(ds, frame, "DistanceSourceToDetector")
+    sdd = _float(sdd_v)
+    if sdd_v is None:
+        problems.append("Distance Source to Detector (0018,1110) is absent")
+    elif sdd is None or not math.isfinite(sdd) or sdd <= 0:
+        problems.append(f"Distance Source to Detector (0018,1110) = '{_str(sdd_v)}' is not a positive distance")
+    spacing = None
+    ips_v = _lookup(ds, frame, "ImagerPixelSpacing")
+    ps_v = ds.get("PixelSpacing")
+    ps_cal = _str(ds.get("PixelSpacingCalibrationType", "")).upper()
+
+    def _valid_pair(v: Any) -> list[float] | None:
+        f = _floats(v)
+        if f and len(f) == 2 and all(math.isfinite(x) and x > 0 for x in f):
+            return f
+        return None
+
+    if ips_v is not None:
+        spacing = _valid_pair(ips_v)
+        if spacing is None:
+            problems.append(f"Imager Pixel Spacing (0018,1164) = '{_str(ips_v)}' is not two positive spacings")
+    elif ps_v is not None:
+        ps = _valid_pair(ps_v)
+        if ps is None:
+            problems.append(f"Imager Pixel Spacing (0018,1164) is absent and Pixel Spacing (0028,0030) = "
+                            f"'{_str(ps_v)}' is invalid")
+        elif ps_cal:
+            problems.append(f"Imager Pixel Spacing (0018,1164) is absent and Pixel Spacing (0028,0030) is "
+                            f"magnification-corrected (Pixel Spacing Calibration Type {ps_cal}): it is a "
+                            "patient-plane spacing and cannot be combined with the source-detector distance")
+        else:
+            spacing = ps
+            source = "tags(PixelSpacing)"
+            warns.append("Imager Pixel Spacing absent: used Pixel Spacing (equal to it when uncalibrated, "
+                         "PS3.3 10.7.1.1; no Pixel Spacing Calibration Type present)")
+    else:
+        problems.append("Imager Pixel Spacing (0018,1164) is absent (and no Pixel Spacing (0028,0030))")
+    if ips_v is not None and ps_v is not None and spacing is not None:
+        ps = _valid_pair(ps_v)
+        if ps and not np.allclose(ps, spacing, rtol=1e-4):
+            warns.append(f"Pixel Spacing {_fmt(ps)} differs from Imager Pixel Spacing {_fmt(spacing)}: "
+                         "the former is a patient-plane (magnification-corrected) spacing; not used")
+    if problems:
+        return None, problems, source
+    H, W = stored_shape
+    dv, du = spacing  # DICOM pairs: row spacing first, then column spacing
+    if rot in (90, 270):
+        H, W, du, dv = W, H, dv, du
+    cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
+    iso = _floats(_lookup(ds, frame, "PositionOfIsocenterProjection"))
+    if iso and len(iso) == 2:
+        # detector elements from the centre of the TLHC element, column distance first (C.8.19.5)
+        origin = _floats(_lookup(ds, frame, "FieldOfViewOrigin")) or [0.0, 0.0]
+        elem = _floats(_lookup(ds, frame, "DetectorElementSpacing"))
+        b_row, b_col = (spacing[0] / elem[0], spacing[1] / elem[1]) if elem and len(elem) == 2 and min(elem) > 0 else (1.0, 1.0)
+        if rot in (90, 270):
+            b_row, b_col = b_col, b_row
+        cx = (iso[0] - origin[1] - (b_col - 1) / 2.0) / b_col
+        cy = (iso[1] - origin[0] - (b_row - 1) / 2.0) / b_row
+        warns.append(f"principal point from Position of Isocenter Projection: ({cx:.2f}, {cy:.2f}) px")
+    try:
+        K = Intrinsics(sdd, du, dv, W, H, cx, cy)
+    except IntrinsicsError as exc:
+        return None, [str(exc)], source
+    return K, [], source
+
+
+def intrinsics_from_dataset(src: Any, frame: int = 0) -> Intrinsics:
+    """Intrinsics of a DICOM object's (oriented) frame from its tags; `DicomGeometryError` if impossible."""
+    ds, path = open_dataset(src)
+    warns: list[str] = []
+    rot, _ = _orientation(ds, frame, warns)
+    shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+    K, problems, _ = _geometry(ds, frame, shape, rot, warns)
+    if K is None:
+        raise DicomGeometryError(f"{path or '<dataset>'}: cannot derive intrinsics: " + "; ".join(problems))
+    return K
+
+
+def _angles(ds: Any, frame: int) -> tuple[float | None, float | None]:
+    out = []
+    for kw in ("PositionerPrimaryAngle", "PositionerSecondaryAngle"):
+        a = _float(_lookup(ds, frame, kw))
+        inc = _floats(ds.get(kw + "Increment"))
+        if a is not None and inc and frame < len(inc) and "PerFrameFunctionalGroupsSequence" not in ds:
+            a = a + inc[frame]  # increments relative to the first frame (assumption, docs/dicom.md)
+        out.append(a)
+    return out[0], out[1]
+
+
+def _timing(ds: Any, frame: int) -> tuple[float | None, float | None]:
+    ft = _float(ds.get("FrameTime"))
+    ftv = _floats(ds.get("FrameTimeVector"))
+    if ftv and frame < len(ftv):
+        offset = float(sum(ftv[1:frame + 1]))
+        return (ftv[frame] if frame > 0 else (ftv[1] if len(ftv) > 1 else ft)), offset
+    if ft is None:
+        rate = _float(ds.get("CineRate")) or _float(ds.get("RecommendedDisplayFrameRate"))
+        ft = 1000.0 / rate if rate and rate > 0 else None
+    return ft, (frame * ft if ft is not None else None)
+
+
+# --------------------------------------------------------------------------------------------- reader
+def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray, *,
+                 intrinsics: Intrinsics | None, calibration: Any, i0: float | None,
+                 log_scale: float | None) -> FluoroFrame:
+    warns: list[str] = []
+    name = path or "<dataset>"
+    sop_uid = _str(ds.get("SOPClassUID", ""))
+    sop = SOP_CLASSES.get(sop_uid, "")
+    if not sop:
+        warns.append(f"SOP Class {sop_uid or '(absent)'} is not an X-ray projection class; read as one")
+    stored_shape = arr.shape
+    values, vmax, lut = _modality(ds, frame, arr, sop)
+    model = _intensity_model(ds, frame, sop, lut, vmax, warns)
+    stored_valid = _valid_mask(ds, frame, stored_shape, warns)
+    rot, flip = _orientation(ds, frame, warns)
+    if calibration is not None and getattr(calibration, "mirrored", False):
+        flip = not flip
+        warns.append("calibration says the device stores mirrored frames: flipped horizontally")
+    K_tags, problems, k_source = _geometry(ds, frame, stored_shape, rot, warns)
+    L, valid, i0_used, w2 = to_line_integrals(values, model, stored_valid, i0=i0, log_scale=log_scale)
+    warns.extend(w2)
+    image = _orient(L, rot, flip)
+    valid = _orient(valid, rot, flip)
+    H, W = image.shape
+    if calibration is not None:
+        K = calibration.intrinsics
+        k_source = "calibration"
+    elif intrinsics is not None:
+        K = intrinsics
+        k_source = "intrinsics"
+    else:
+        if K_tags is None:
+            raise DicomGeometryError(f"{name}: cannot derive intrinsics (pass intrinsics= or calibration=): "
+                                     + "; ".join(problems))
+        K = K_tags
+    if not isinstance(K, Intrinsics):
+        raise IntrinsicsError(f"expected an Intrinsics, got {type(K).__name__}")
+    if (K.width, K.height) != (W, H):
+        if abs(K.width / K.height - W / H) > 1e-6:
+            raise DicomGeometryError(f"{name}: {k_source} intrinsics are {K.width}x{K.height} but the frame is "
+                                     f"{W}x{H} (different aspect ratio)")
+        warns.append(f"{k_source} intrinsics {K.width}x{K.height} resized to the frame's {W}x{H}")
+        K = K.resized(W, H)
+    if K_tags is not None and k_source in ("intrinsics", "calibration"):
+        Kt = K_tags if (K_tags.width, K_tags.height) == (W, H) else None
+        if Kt is not None and abs(Kt.fx / K.fx - 1) > 0.05:
+            warns.append(f"tag focal length {Kt.fx:.1f} px differs from the {k_source} one {K.fx:.1f} px by "
+                         f"{100 * abs(Kt.fx / K.fx - 1):.1f} %")
+    undistorted = False
+    dist = getattr(calibration, "distortion", None) if calibration is not None else None
+    if dist is not None:
+        image, valid = dist.undistort_image(image, valid)
+        undistorted = True
+    prim, sec = _angles(ds, frame)
+    sod = _float(_lookup(ds, frame, "DistanceSourceToIsocenter")) or _float(_lookup(ds, frame, "DistanceSourceToPatient"))
+    ft, offs = _timing(ds, frame)
+    tags = {kw: _str(ds.get(kw)) for kw in ("Modality", "Manufacturer", "ManufacturerModelName", "PatientOrientation",
+                                            "ViewPosition", "ImageType", "PresentationLUTShape",
+                                            "PixelSpacingCalibrationType") if kw in ds}
+    return FluoroFrame(
+        image=image, raw=arr, valid=valid, intrinsics=K, mirrored=flip, rotation_deg=rot, source=path,
+        sop_class_uid=sop_uid, sop_class=sop, modality=_str(ds.get("Modality", "")), frame_index=frame,
+        n_frames=n, frame_time_ms=ft, time_offset_ms=offs, positioner_primary_deg=prim,
+        positioner_secondary_deg=sec, sod_mm=sod if sod and sod > 0 else None,
+        pixel_intensity_relationship=_str(_lookup(ds, frame, "PixelIntensityRelationship")).upper(),
+        pixel_intensity_sign=model.sign, photometric=_str(ds.get("PhotometricInterpretation", "")),
+        i0=i0_used, intrinsics_source=k_source, undistorted=undistorted, warnings=warns, tags=tags)
+
+
+def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intrinsics | None = None,
+                calibration: Any = None, *, i0: float | None = None,
+                log_scale: float | None = None) -> FluoroFrame:
+    """Read one frame of an X-ray projection DICOM object.
+
+    ``frame``: 0-based index (None = first frame). ``intrinsics``: overrides the tags. ``calibration``: a
+    `Calibration` (or a profile name / path for `load_calibration`); overrides the tags and undistorts.
+    ``i0``: unattenuated intensity (default: 99.5th percentile of the valid pixels). ``log_scale``: modality
+    units per natural-log unit for LOG data. Raises `DicomReadError`, `DicomIntensityError`,
+    `DicomGeometryError`; never a bare pydicom exception.
+    """
+    if calibration is not None and not hasattr(calibration, "intrinsics"):
+        from calib.calibration import load_calibration
+
+        calibration = load_calibration(calibration)
+    ds, path = open_dataset(path_or_dataset)
+    name = path or "<dataset>"
+    try:
+        _check_pixels(ds, name)
+        n = _n_frames(ds)
+        idx = 0 if frame is None else frame
+        if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
+            raise DicomReadError(f"frame index must be an integer, got {frame!r}")
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise DicomReadError(f"{name}: frame index {frame} out of range (object has {n} frame(s))")
+        if intrinsics is None and calibration is None:  # fail before decoding a large frame
+            rot, _ = _orientation(ds, int(idx), [])
+            K, problems, _ = _geometry(ds, int(idx), (int(ds.Rows), int(ds.Columns)), rot, [])
+            if K is None:
+                raise DicomGeometryError(f"{name}: cannot derive intrinsics (pass intrinsics= or "
+                                         "calibration=): " + "; ".join(problems))
+        arr = _decode_frame(ds, path, int(idx))
+        return _build_frame(ds, path, int(idx), n, arr, intrinsics=intrinsics, calibration=calibration,
+                            i0=i0, log_scale=log_scale)
+    except CalibError:
+        raise
+    except Exception as exc:  # anything pydicom/numpy raised on malformed content
+        raise DicomReadError(f"{name}: malformed object ({type(exc).__name__}: {exc})") from None
+
+
+def iter_fluoro(path_or_dataset: Any, intrinsics: Intrinsics | None = None, calibration: Any = None, *,
+                frames: Any = None, i0: float | None = None,
+                log_scale: float | None = None) -> Iterator[FluoroFrame]:
+    """Lazily yield `FluoroFrame`s of a (cine) multi-frame object, one decoded frame at a time.
+
+    ``frames``: iterable of 0-based indices (default all). For a path, each frame is decoded from the
+    file on demand (pydicom ``iter_pixels``), so memory stays at one frame.
+    """
+    from pydicom.pixels import iter_pixels
+
+    if calibration is not None and not hasattr(calibration, "intrinsics"):
+        from calib.calibration import load_calibration
+
+        calibration = load_calibration(calibration)
+    ds, path = open_dataset(path_or_dataset)
+    name = path or "<dataset>"
+    try:
+        _check_pixels(ds, name)
+        n = _n_frames(ds)
+        indices = list(range(n)) if frames is None else [int(i) for i in frames]
+        for i in indices:
+            if not 0 <= i < n:
+                raise DicomReadError(f"{name}: frame index {i} out of range (object has {n} frame(s))")
+        src = path if path is not None else ds
+        it = iter_pixels(src, indices=indices) if indices else iter(())
+        for i in indices:
+            try:
+                with _warnings.catch_warnings():
+                    _warnings.simplefilter("ignore")
+                    arr = np.asarray(next(it))
+            except StopIteration:
+                raise DicomReadError(f"{name}: pixel data ends before frame {i}") from None
+            except Exception as exc:
+                raise DicomReadError(f"{name}: cannot decode frame {i}: {type(exc).__name__}: {exc}") from None
+            yield _build_frame(ds, path, i, n, arr, intrinsics=intrinsics, calibration=calibration,
+                               i0=i0, log_scale=log_scale)
+    except CalibError:
+        raise
+    except Exception as exc:
+        raise DicomReadError(f"{name}: malformed object ({type(exc).__name__}: {exc})") from None
