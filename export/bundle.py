@@ -1,0 +1,246 @@
+"""Checkpoint(s) -> bundle folder: ONNX (+FP16) files, parity reports, manifest, optional engines."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from export.fp16 import convert_fp16
+from export.inputs import hu_phantom, random_like, realistic_drr
+from export.onnx_io import DEFAULT_OPSET, export_onnx
+from export.parity import ParityReport, compare
+from models.checkpoint import load_checkpoint
+from models.encoder import FeatureHead
+from models.errors import CheckpointError
+from models.rtpi import POSE_NAMES, RTPI_KINDS
+from runtime.backends.onnxrt import OnnxRuntimeBackend
+from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file, write_manifest
+from runtime.sopi_params import SopiGeometry
+
+try:
+    from runtime.volume import MU_WATER
+except ImportError:  # pragma: no cover
+    MU_WATER = 0.0195
+
+SOPI_VERSION = "0.1.0"
+TEST_GEOMETRY = SopiGeometry.from_upstream(flag=4, volume_size=128, vol_spacing_mm=3.117188)
+
+
+@dataclass
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False  # also write an FP16 graph (FP32 islands) per network
+    engine: bool = False  # build TensorRT engines (runtime.engines.build_engines)
+    geometry: SopiGeometry = TEST_GEOMETRY  # what the networks were trained for
+    rtpi_range_flag: int | None = None  # RTPInet_v1 output-range flag (upstream dataset index)
+    image_size: int | None = None  # encoder input size (default geometry.det_size)
+    n_random: int = 2  # random parity inputs per network (plus one realistic)
+    realistic: bool = True
+    tolerance: float = 1e-4  # FP32 relative parity target
+    tolerance_fp16: float = 2e-2  # FP16 vs FP32 torch
+    threads: int | None = None  # ORT intra-op threads for parity
+
+
+@dataclass
+class NetworkPlan:
+    name: str
+    kind: str
+    role: str
+    module: torch.nn.Module
+    inputs: list[tuple[str, tuple[int, ...]]]
+    outputs: list[str]
+    preprocessing: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    parity: dict[str, dict[str, ParityReport]]
+    engine_error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for per in self.parity.values() for r in per.values())
+
+
+def _image_pre(geom: SopiGeometry, size: int, intensity: dict) -> dict:
+    return {"layout": "NCHW; network image = our camera image [v,u] transposed (row = u, col = v)",
+            "size": [size, size], "pixel_mm": geom.pixel_mm * geom.det_size / size,
+            "principal_point_px": [size / 2, size / 2], "intensity": intensity}
+
+
+def _volume_pre(geom: SopiGeometry) -> dict:
+    n = geom.volume_size
+    return {"layout": "NCDHW; tensor[i,j,k] = Volume.data[k,j,i] on the network cube",
+            "size": [n, n, n], "voxel_mm": geom.voxel_mm,
+            "cube": "isotropic cube of 2*norm_factor mm, right-handed affine (see sopi_params)",
+            "resampling": "nearest neighbour (upstream subsamples; centre crop if larger)",
+            "intensity": {"kind": "hu", "mu_water_per_mm": MU_WATER,
+                          "formula": "HU = 1000 * (mu / mu_water - 1) inside the mask, 0 outside",
+                          "note": "upstream feeds stored HU values, no windowing"}}
+
+
+def plan_networks(kind: str, module, opts: ExportOptions) -> list[NetworkPlan]:
+    g = opts.geometry
+    s = opts.image_size or g.det_size
+    n = g.volume_size
+    if kind in RTPI_KINDS:
+        if s != g.det_size:
+            raise CheckpointError(f"{kind} needs {g.det_size}x{g.det_size} images")
+        pre = {"volume": _volume_pre(g), "image": _image_pre(g, s, {"kind": "min_max"})}
+        extra = {"output_semantics": {
+            "pose_unit": "relu6(fc)/6 in [0,1]", "pose": list(POSE_NAMES),
+            "ranges": [r.to_dict() for r in module.ranges],
+            "note": "fixed components use the centre value (upstream adds random jitter)"},
+            "range_flag": module.flag}
+        return [NetworkPlan("rtpi", kind, "initialiser", module,
+                            [("volume", (1, 1, n, n, n)), ("image", (1, 1, s, s))],
+                            ["pose_unit", "pose"], pre, extra)]
+    moving = {"kind": "scale", "scale": g.raw_drr_scale,
+              "formula": "input = raw_drr_scale * DRR(sum mu*step) of the HU-valued network cube",
+              "note": "upstream feeds the raw ray sum (plain sum of samples, step_mm apart), not normalised"}
+    outs = ["p3", "p4", "p5"]
+    if kind == "Fine_regnet":
+        if module.encoderx.layout == "2023-07" and s != module.encoderx.size:
+            raise CheckpointError(f"2023-07 layout encoders only run at {module.encoderx.size} px")
+        return [NetworkPlan("encoder_moving", "Fine_regnet.encoderx", "moving_encoder",
+                            FeatureHead(module.encoderx), [("image", (1, 1, s, s))], outs,
+                            {"image": _image_pre(g, s, moving)}, {"layout": module.encoderx.layout}),
+                NetworkPlan("encoder_fixed", "Fine_regnet.encodery", "fixed_encoder",
+                            FeatureHead(module.encodery), [("image", (1, 1, s, s))], outs,
+                            {"image": _image_pre(g, s, {"kind": "min_max"})},
+                            {"layout": module.encodery.layout})]
+    if kind == "Composite_encoder":
+        return [NetworkPlan("encoder", kind, "encoder", FeatureHead(module),
+                            [("image", (1, 1, s, s))], outs,
+                            {"image": _image_pre(g, s, {"kind": "min_max"})}, {"layout": module.layout})]
+    raise CheckpointError(f"no export plan for network kind {kind!r}")
+
+
+def parity_cases(plan: NetworkPlan, opts: ExportOptions, cache: dict) -> dict[str, dict[str, np.ndarray]]:
+    cases: dict[str, dict[str, np.ndarray]] = {}
+    for i in range(opts.n_random):
+        feeds = {}
+        for j, (name, shape) in enumerate(plan.inputs):
+            x = random_like(shape, 100 * i + j, "uniform" if i % 2 == 0 else "normal")
+            feeds[name] = x * 1000 if name == "volume" else x
+        cases[f"random{i}"] = feeds
+    if opts.realistic:
+        s = plan.inputs[-1][1][-1]
+        if s not in cache:
+            cache[s] = realistic_drr(opts.geometry, size=s)
+        raw, mm = cache[s]
+        feeds = {}
+        for name, shape in plan.inputs:
+            if name == "volume":
+                feeds[name] = hu_phantom(opts.geometry.volume_size)[None, None]
+            elif plan.role == "moving_encoder":
+                feeds[name] = raw
+            else:
+                feeds[name] = mm
+        cases["realistic"] = feeds
+    return cases
+
+
+def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
+                  opts: ExportOptions | None = None,
+                  progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Load checkpoints, export each network to ONNX, check parity, write the bundle."""
+    opts = opts or ExportOptions()
+    say = progress or (lambda m: None)
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()  # a half-written bundle must not look valid
+    sources, plans = [], []
+    for ck in checkpoints:
+        say(f"loading {ck}")
+        lc = load_checkpoint(ck, flag=opts.rtpi_range_flag)
+        sources.append({"file": Path(ck).name, "sha256": lc.metadata["source_sha256"],
+                        "kind": lc.kind, "container": lc.metadata.get("container"),
+                        "epoch": lc.metadata.get("epoch"), "options": lc.metadata.get("options")})
+        plans += plan_networks(lc.kind, lc.module, opts)
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"the checkpoints give duplicate networks {names}; pass one per kind")
+    files: dict[str, str] = {}
+    networks: dict[str, Any] = {}
+    parity: dict[str, dict[str, ParityReport]] = {}
+    cache: dict = {}
+    for plan in plans:
+        t0 = time.perf_counter()
+        say(f"[{plan.name}] exporting {plan.kind} to ONNX (opset {opts.opset})")
+        example = tuple(torch.zeros(s) for _, s in plan.inputs)
+        meta = {"sopi_network": plan.name, "sopi_kind": plan.kind, "sopi_role": plan.role,
+                "precision": "fp32", "producer": f"sopi-export {SOPI_VERSION}"}
+        rel = f"{plan.name}.onnx"
+        export_onnx(plan.module, example, [n for n, _ in plan.inputs], plan.outputs, out / rel,
+                    opset=opts.opset, metadata=meta)
+        onnx_files = {"fp32": rel}
+        if opts.fp16:
+            say(f"[{plan.name}] converting to FP16 (FP32 islands)")
+            rel16 = f"{plan.name}.fp16.onnx"
+            convert_fp16(out / rel, out / rel16)
+            onnx_files["fp16"] = rel16
+        say(f"[{plan.name}] parity: ONNX Runtime CPU vs PyTorch")
+        cases = parity_cases(plan, opts, cache)
+        parity[plan.name] = {}
+        for prec, f in onnx_files.items():
+            be = OnnxRuntimeBackend(out / f, device="cpu", intra_op_threads=opts.threads)
+            tol = opts.tolerance if prec == "fp32" else opts.tolerance_fp16
+            rep = compare(plan.module, be, cases, prec, tol)
+            parity[plan.name][prec] = rep
+            say(f"[{plan.name}] {prec}: max rel error {rep.max_rel:.2e} "
+                f"({'ok' if rep.passed else 'ABOVE'} tolerance {tol:g})")
+        model = onnx.load(str(out / rel), load_external_data=False)
+        outs = {o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
+        for prec, f in onnx_files.items():
+            files[f] = sha256_file(out / f)
+        networks[plan.name] = {
+            "kind": plan.kind, "role": plan.role,
+            "onnx": {p: {"file": f, "sha256": files[f], "opset": opts.opset} for p, f in onnx_files.items()},
+            "inputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in plan.inputs],
+            "outputs": [{"name": n, "shape": list(outs[n]), "dtype": "float32"} for n in plan.outputs],
+            "preprocessing": plan.preprocessing,
+            "parity": {p: r.to_dict() for p, r in parity[plan.name].items()},
+            "engines": [], **plan.extra}
+        say(f"[{plan.name}] done in {time.perf_counter() - t0:.1f} s")
+    manifest = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tools": {"sopi": SOPI_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+                  "exporter": "torch.onnx.export(dynamo=True)", "opset": opts.opset},
+        "sources": sources, "geometry": opts.geometry.to_dict(), "networks": networks,
+        "files": files, "export_seconds": round(time.perf_counter() - t_start, 1)}
+    write_manifest(out, manifest)
+    result = ExportResult(out, manifest, parity)
+    if opts.engine:
+        from runtime.engines import build_engines
+        from runtime.errors import EngineBuildError
+
+        try:
+            build_engines(out, progress=say)
+            from runtime.bundle import read_manifest
+
+            result.manifest = read_manifest(out)
+        except EngineBuildError as e:
+            result.engine_error = str(e)
+    return result
+
+
+def remove_bundle(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

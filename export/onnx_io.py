@@ -1,0 +1,40 @@
+"""torch module -> checked single-file ONNX with metadata_props.
+
+Exporter: torch.onnx.export(dynamo=True) (the default and maintained path in torch 2.9+; the
+TorchScript exporter is deprecated). Its output is re-saved as one file (no external data)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
+                output_names: list[str], path: str | Path, *, opset: int = DEFAULT_OPSET,
+                metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    module = module.eval()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, inputs, input_names=input_names, output_names=output_names,
+                                 opset_version=opset, dynamo=True, verbose=False, external_data=False)
+    model = prog.model_proto
+    onnx.helper.set_model_props(model, {k: str(v) for k, v in (metadata or {}).items()})
+    onnx.save(model, str(path))
+    check_onnx(path)
+    return model
+
+
+def check_onnx(path: str | Path) -> None:
+    """onnx.checker (full) + strict shape inference; raises onnx's errors."""
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
+    Path(str(path) + ".inferred").unlink()

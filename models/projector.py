@@ -1,0 +1,103 @@
+"""PyTorch re-implementation of the upstream (ProST/SOPI) projection, for training and for proving
+the SOPI <-> T_cam_from_ct conversion against the runtime projector.
+
+Differentiable w.r.t. rtvec. Reproduces the documented upstream behaviour: spherical sample shells
+shared by all rays, dist range from the 8 cube corners with upstream's A(c - b) "inverse" and
+batch-wide min/max, trilinear sampling that is zero outside index [0, n-1), plain sum (no step
+factor). See shared/spec/sopi_upstream_facts.md sections 1-2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from runtime.sopi_params import SopiGeometry
+
+
+def rtvec_to_matrix(rtvec: torch.Tensor) -> torch.Tensor:
+    """rtvec [B,6] (rad, normalised) -> [B,3,4] = [R | R t], R = Rz(a2) Ry(a1) Rx(a0)."""
+    a0, a1, a2 = rtvec[:, 0], rtvec[:, 1], rtvec[:, 2]
+    o, z = torch.ones_like(a0), torch.zeros_like(a0)
+
+    def m(*rows):
+        return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+    rx = m((o, z, z), (z, a0.cos(), -a0.sin()), (z, a0.sin(), a0.cos()))
+    ry = m((a1.cos(), z, a1.sin()), (z, o, z), (-a1.sin(), z, a1.cos()))
+    rz = m((a2.cos(), -a2.sin(), z), (a2.sin(), a2.cos(), z), (z, z, o))
+    r = rz @ ry @ rx
+    return torch.cat([r, r @ rtvec[:, 3:, None]], dim=2)
+
+
+def pose_to_rtvec_t(pose: torch.Tensor, norm_factor_mm: float) -> torch.Tensor:
+    """Torch version of runtime.sopi_params.pose_to_rtvec (batched, differentiable)."""
+    d = math.pi / 180
+    return torch.stack([pose[:, 0] * d, pose[:, 2] * d, pose[:, 1] * d,
+                        -pose[:, 5] / norm_factor_mm, -pose[:, 4] / norm_factor_mm,
+                        pose[:, 3] / norm_factor_mm], dim=1)
+
+
+def normalised_params(geom: SopiGeometry) -> dict[str, float]:
+    """Upstream `param` (src, det, pix, step, det_size) in normalised units."""
+    nf = geom.norm_factor_mm
+    return {"src": geom.source_z_mm / nf, "det": (geom.source_z_mm - geom.sdd_mm) / nf,
+            "pix": geom.pixel_mm / nf, "step": geom.step_mm / nf, "det_size": geom.det_size}
+
+
+def ray_dist_range(mat: torch.Tensor, src: float) -> tuple[float, float]:
+    """Upstream raydist_range: corners q = A (c - b) (not the true inverse), batch-wide min/max."""
+    c = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)],
+                     dtype=mat.dtype)
+    a, b = mat[:, :, :3].detach(), mat[:, :, 3].detach()
+    q = torch.einsum("bij,bkj->bki", a, c[None] - b[:, None, :])
+    d = torch.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2 + (src - q[..., 2]) ** 2)
+    return float(d.min()), float(d.max())
+
+
+def render_upstream(volume: torch.Tensor, rtvec: torch.Tensor, geom: SopiGeometry,
+                    rows_per_chunk: int = 32,
+                    dist_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Raw upstream DRR [B,1,H,W] of `volume` [B,1,D,H,W] at `rtvec` [B,6].
+
+    Rows of the result follow canonical +x, columns +y (the network image orientation).
+    `dist_range` (normalised radii) overrides upstream's corner range, which can cut off the
+    near part of the cube (spec 1.5).
+    """
+    p = normalised_params(geom)
+    src, det, pix, step, n = p["src"], p["det"], p["pix"], p["step"], int(p["det_size"])
+    mat = rtvec_to_matrix(rtvec.to(volume.dtype))
+    dmin, dmax = ray_dist_range(mat, src) if dist_range is None else dist_range
+    k = int(math.floor((dmax - dmin) / step + 2)) + 1
+    s = (dmin - step) + step * torch.arange(k, dtype=volume.dtype)
+    length = src - det
+    idx = torch.arange(n, dtype=volume.dtype) - n / 2
+    dd, hh, ww = volume.shape[2:]
+    shift = torch.tensor([1.0 / ww, 1.0 / hh, 1.0 / dd], dtype=volume.dtype)
+    size = torch.tensor([ww, hh, dd], dtype=volume.dtype)
+    out = []
+    for r0 in range(0, n, rows_per_chunk):
+        xr = idx[r0:r0 + rows_per_chunk] * pix
+        yc = idx * pix
+        xd, yd = torch.meshgrid(xr, yc, indexing="ij")
+        norm = torch.sqrt(xd ** 2 + yd ** 2 + length ** 2)
+        u = torch.stack([xd / norm, yd / norm, length / norm], -1)  # [h, W, 3]
+        pts = torch.stack([s[None, None, :] * u[..., 0:1], s[None, None, :] * u[..., 1:2],
+                           src - s[None, None, :] * u[..., 2:3]], -1)  # [h, W, K, 3]
+        v = torch.einsum("bij,hwkj->bhwki", mat[:, :, :3], pts) + mat[:, None, None, None, :, 3]
+        ind = size * (v + 1) / 2  # continuous index along (W, H, D)
+        valid = ((ind >= 0) & (ind < size - 1)).all(-1)
+        val = F.grid_sample(volume, v + shift, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # [B,1,h,W,K]
+        out.append((val[:, 0] * valid).sum(-1))
+    return torch.cat(out, dim=1)[:, None]
+
+
+def min_max(img: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max normalisation to [0, 1] (upstream's fixed-image normalisation)."""
+    flat = img.flatten(1)
+    lo, hi = flat.min(1)[0], flat.max(1)[0]
+    shape = (-1,) + (1,) * (img.dim() - 1)
+    return (img - lo.view(shape)) / (hi - lo).clamp_min(1e-12).view(shape)
