@@ -13,6 +13,15 @@ from calib.geometry import Intrinsics
 from calib.frame import FluoroFrame
 from calib.dicom import intrinsics_from_dataset, iter_fluoro, read_fluoro
 from calib.writer import write_xa
+from calib.distortion import Distortion, fit_distortion, fit_distortion_from_grid
+from calib.calibration import (
+    Calibration,
+    Phantom,
+    calibrate_phantom,
+    detect_beads,
+    load_calibration,
+    profile_names,
+)
 
 __all__ = [
     "Intrinsics",
@@ -28,4 +37,13 @@ __all__ = [
     "iter_fluoro",
     "intrinsics_from_dataset",
     "write_xa",
+    "Distortion",
+    "fit_distortion",
+    "fit_distortion_from_grid",
+    "Calibration",
+    "Phantom",
+    "calibrate_phantom",
+    "detect_beads",
+    "load_calibration",
+    "profile_names",
 ]
