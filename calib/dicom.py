@@ -429,6 +429,9 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
     sop = SOP_CLASSES.get(sop_uid, "")
     if not sop:
         warns.append(f"SOP Class {sop_uid or '(absent)'} is not an X-ray projection class; read as one")
+    if sop == "DX" or "FOR PRESENTATION" in _str(ds.get("PresentationIntentType", "")).upper():
+        warns.append("DX For Presentation: pixel values may be display-processed (unsharp masking, "
+                     "non-linear tone scale); line integrals are approximate - prefer For Processing objects")
     stored_shape = arr.shape
     values, vmax, lut = _modality(ds, frame, arr, sop)
     model = _intensity_model(ds, frame, sop, lut, vmax, warns)
