@@ -174,3 +174,13 @@ def test_frame_initial_pose_with_duck_volume(tmp_path):
     T = f.initial_pose(V())
     np.testing.assert_allclose(T[:3, :3] @ V.centre + T[:3, 3], [0, 0, 650.0], atol=1e-9)
     np.testing.assert_allclose(T, pose_from_positioner(15, -10, 650.0, V.centre))
+
+
+def test_iter_fluoro_on_dataset(tmp_path):
+    import pydicom
+
+    stack = np.stack([asymmetric_phantom() * k for k in (1, 2, 3)])
+    p = write_xa(tmp_path / "rf.dcm", stack, K96, modality="RF")
+    frames = list(iter_fluoro(pydicom.dcmread(p), i0=4000.0, frames=[2, 0]))
+    assert [f.frame_index for f in frames] == [2, 0]
+    np.testing.assert_allclose(frames[0].image, stack[2], atol=5e-3)
