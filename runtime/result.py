@@ -1,0 +1,96 @@
+"""Result types of `runtime.Registrar`: `RegistrationResult` and `Confidence`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RegistrationResult", "Confidence", "STATUSES"]
+
+STATUSES = ("converged", "deadline", "max_iterations", "diverged", "failed")
+
+
+@dataclass
+class Confidence:
+    """Whether to trust a registration result (see `runtime.confidence`)."""
+
+    score: float
+    # in [0, 1]; higher = more trustworthy (the value to threshold / rank by)
+    accepted: bool
+    # score >= threshold and no hard failure: the pose may be used
+    similarity: float
+    # final similarity at the finest level (1 = perfect; ~0 = unrelated images)
+    predicted_reprojection_mm: float
+    # predicted 1-sigma reprojection uncertainty at the detector (mm), from the LM normal matrix
+    pose_std: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
+    # 1-sigma of (rx, ry, rz in degrees about the anatomy centre; tx, ty, tz in mm, camera axes)
+    reasons: list[str] = field(default_factory=list)
+    # why it is not accepted (empty when accepted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": float(self.score), "accepted": bool(self.accepted),
+                "similarity": float(self.similarity),
+                "predicted_reprojection_mm": float(self.predicted_reprojection_mm),
+                "pose_std": [float(x) for x in self.pose_std], "reasons": list(self.reasons)}
+
+
+@dataclass
+class RegistrationResult:
+    """What `Registrar.register` returns. ``pose`` is never NaN."""
+
+    pose: np.ndarray
+    # 4x4 float64 T_cam_from_ct (the best pose found; the initial pose if nothing better was found)
+    status: str
+    # "converged" | "deadline" | "max_iterations" | "diverged" | "failed" (confidence says: do not use)
+    iterations: int
+    # renders with Jacobian over all levels and stages
+    similarity: float
+    # final similarity at the finest level run (1 - cost)
+    confidence: Confidence
+    # trust assessment
+    timings: dict[str, Any]
+    # {"total_ms", "stages": {name: ms}, "iterations": [...]}: the contract in design.md
+    history: list[dict[str, Any]]
+    # per evaluation: {"stage", "level", "pose" (4x4 list), "cost", "accepted"}
+    initial_pose: np.ndarray
+    # the pose the intensity stage started from
+    stop_reason: str = ""
+    # why the loop stopped ("converged", "deadline", "max_iterations", "diverged") before the
+    # confidence check; equal to status unless status is "failed"
+    similarity_kind: str = ""
+    # "ncc" | "gc" | "ncc+gc"
+    polarity: float = 1.0
+    # +1 / -1: whether the X-ray's intensities correlate positively with the DRR
+    levels: list[int] = field(default_factory=list)
+    # detector binning factors run (relative to the frame), coarse to fine
+    backend: str = ""
+    # projector backend
+    warnings: list[str] = field(default_factory=list)
+    # anything worth a log line (e.g. fell back to the whole valid region)
+
+    @property
+    def ok(self) -> bool:
+        """True when the pose may be used (not failed / diverged)."""
+        return self.status in ("converged", "deadline", "max_iterations")
+
+    def to_dict(self, history: bool = False) -> dict[str, Any]:
+        d = {
+            "pose": np.asarray(self.pose, float).tolist(),
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "iterations": int(self.iterations),
+            "similarity": float(self.similarity),
+            "similarity_kind": self.similarity_kind,
+            "polarity": float(self.polarity),
+            "confidence": self.confidence.to_dict(),
+            "timings": self.timings,
+            "initial_pose": np.asarray(self.initial_pose, float).tolist(),
+            "levels": list(self.levels),
+            "backend": self.backend,
+            "warnings": list(self.warnings),
+        }
+        if history:
+            d["history"] = [dict(h, pose=np.asarray(h["pose"], float).tolist()) for h in self.history]
+        return d
