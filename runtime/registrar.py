@@ -432,13 +432,24 @@ class Registrar:
                 # polarity, once per frame, from the initial DRR on the first level's pixel set
                 first = None
                 if polarity is None:
+                    tp0 = time.perf_counter()
                     rr = proj.render(T, jacobian=True, binning=f, mask=False)
-                    raw = sim.raw_correlation(rr.image)
+                    tp1 = time.perf_counter()
+                    drr0, jac0 = rr.image, rr.jacobian
+                    tp2 = time.perf_counter()
+                    raw = sim.raw_correlation(drr0)
                     polarity = 1.0 if raw >= 0 else -1.0
                     sim.polarity = polarity
-                    r0, J0, c0, v0 = sim.evaluate(rr.image, rr.jacobian)
+                    r0, J0, c0, v0 = sim.evaluate(drr0, jac0)
                     first = (r0, to_params(J0, T), c0)
+                    tp3 = time.perf_counter()
                     n_eval += 1
+                    est_iter_s[f] = tp3 - tp0
+                    if self.profile:
+                        iters.append({"stage": "intensity", "render_ms": (tp1 - tp0) * 1e3,
+                                      "similarity_ms": (tp3 - tp2) * 1e3, "solve_ms": 0.0,
+                                      "inference_ms": 0.0, "copy_ms": (tp2 - tp1) * 1e3,
+                                      "_end": tp3, "_level": f})
 
                 # convergence tolerance: xtol_px pixels of this level at the anatomy depth
                 depth = float((T[:3, :3] @ centre + T[:3, 3])[2])

@@ -1,0 +1,143 @@
+"""Registrar API: convergence, deadline, divergence, typed errors, timings contract, track."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from calib.geometry import Intrinsics
+from runtime.errors import FrameMismatchError, PoseError, RegistrationError
+from runtime.metrics import reprojection_distance_mm
+from runtime.phantom import make_phantom
+from runtime.registrar import Registrar, auto_levels, bin_image
+from runtime.result import STATUSES
+from runtime.synthetic import pa_pose, perturb_pose, synthesize_frame
+
+
+@pytest.fixture(scope="module")
+def setup():
+    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    intr = Intrinsics.perlove_plx118f(8)                       # 128 x 128, 1.6 mm pixels
+    reg = Registrar(vol, intr, backend="cpu", profile=True)
+    reg.warm_up()
+    Tt = pa_pose(reg.centre_ct)
+    frame = synthesize_frame(vol, intr, Tt, rng=np.random.default_rng(0), gamma=0.7, invert=True)
+    pts = vol.mask_points(max_points=2000)
+    return vol, intr, reg, Tt, frame, pts
+
+
+def test_converges_from_3deg_8mm(setup):
+    vol, intr, reg, Tt, frame, pts = setup
+    T0 = perturb_pose(Tt, reg.centre_ct, [2.0, -1.5, 1.5], [5.0, -4.0, 5.0])
+    assert reprojection_distance_mm(T0, Tt, pts, intr) > 5
+    res = reg.register(frame, init=T0)
+    assert res.status in ("converged", "max_iterations")
+    assert res.confidence.accepted
+    assert reprojection_distance_mm(res.pose, Tt, pts, intr) < 0.5
+    assert res.polarity == -1.0 and res.similarity > 0.9      # log domain, inverted
+    assert res.history[0]["cost"] >= res.history[-1]["cost"] or res.history[-1]["level"] != res.history[0]["level"]
+
+
+def test_polarity_and_display_domain(setup):
+    vol, intr, reg, Tt, _, pts = setup
+    fr = synthesize_frame(vol, intr, Tt, rng=np.random.default_rng(1), gamma=1.5, invert=False, domain="display")
+    T0 = perturb_pose(Tt, reg.centre_ct, [1.0, 1.0, -1.0], [3.0, 2.0, 0.0])
+    res = reg.register(fr, init=T0)
+    assert res.polarity == -1.0          # exp(-gamma L): bone dark
+    assert reprojection_distance_mm(res.pose, Tt, pts, intr) < 1.0
+
+
+def test_timings_contract(setup):
+    vol, intr, reg, Tt, frame, _ = setup
+    res = reg.register(frame, init=perturb_pose(Tt, reg.centre_ct, [1, 0, 0], [2, 0, 0]))
+    t = res.timings
+    assert set(t) == {"total_ms", "stages", "iterations"}
+    assert {"init", "intensity"} <= set(t["stages"]) and t["total_ms"] >= t["stages"]["intensity"]
+    assert len(t["iterations"]) == res.iterations
+    for it in t["iterations"]:
+        assert set(it) == {"stage", "render_ms", "similarity_ms", "solve_ms", "inference_ms", "copy_ms"}
+    quiet = Registrar(vol, intr, backend="cpu")
+    assert quiet.register(frame, init=Tt).timings["iterations"] == []
+    d = res.to_dict()
+    assert d["status"] in STATUSES and len(d["pose"]) == 4
+
+
+def test_deadline_within_one_iteration(setup):
+    vol, intr, reg, Tt, frame, _ = setup
+    T0 = perturb_pose(Tt, reg.centre_ct, [3.0, -2.0, 2.0], [8.0, -6.0, 10.0])
+    res = reg.register(frame, init=T0, budget_ms=40.0)
+    longest = max(it["render_ms"] + it["similarity_ms"] + it["solve_ms"] for it in res.timings["iterations"])
+    assert res.stop_reason == "deadline"
+    assert res.timings["total_ms"] <= 40.0 + longest + 15.0
+    assert np.all(np.isfinite(res.pose))
+
+
+def test_garbage_frame_and_wild_start_never_nan(setup):
+    vol, intr, reg, Tt, frame, _ = setup
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1, intr.shape).astype(np.float32)
+    res = reg.register(noise, init=Tt)
+    assert np.all(np.isfinite(res.pose)) and res.status in ("failed", "diverged")
+    assert not res.confidence.accepted
+    T0 = perturb_pose(Tt, reg.centre_ct, [25.0, -30.0, 40.0], [40.0, 30.0, 200.0])
+    res = reg.register(frame, init=T0)
+    assert np.all(np.isfinite(res.pose)) and res.status in STATUSES
+
+
+def test_typed_errors(setup):
+    vol, intr, reg, Tt, frame, _ = setup
+    with pytest.raises(FrameMismatchError):
+        reg.register(np.zeros((100, 128), np.float32), init=Tt)
+    bad = frame.image.copy()
+    bad[60, 60] = np.nan
+    with pytest.raises(RegistrationError):
+        reg.register(bad, init=Tt)
+    away = Tt.copy()
+    away[:3, 3] += [0.0, 0.0, -2000.0]
+    with pytest.raises(RegistrationError, match="not in view"):
+        reg.register(frame.image, init=away)
+    side = Tt.copy()
+    side[:3, 3] += [400.0, 0.0, 0.0]
+    with pytest.raises(RegistrationError, match="not in view"):
+        reg.register(frame.image, init=side)
+    with pytest.raises(RegistrationError, match="bundle"):
+        reg.register(frame, init="network")
+    with pytest.raises(RegistrationError):
+        reg.register(frame.image)                       # bare array, no init
+    with pytest.raises(PoseError):
+        reg.register(frame, init=np.full((4, 4), np.nan))
+
+
+def test_fluoro_frame_with_own_intrinsics(setup):
+    vol, intr, reg, Tt, _, pts = setup
+    small = intr.binned(2)                               # 64 x 64 frame: the projector re-bins
+    fr = synthesize_frame(vol, small, Tt, rng=np.random.default_rng(2))
+    T0 = perturb_pose(Tt, reg.centre_ct, [1.0, -1.0, 0.5], [3.0, 3.0, 2.0])
+    res = reg.register(fr, init=T0)
+    assert reprojection_distance_mm(res.pose, Tt, pts, small) < 1.0
+    assert res.levels == auto_levels(64, 64, reg.options.level_widths)
+
+
+def test_track_and_threads(setup):
+    vol, intr, reg, Tt, _, pts = setup
+    poses = [perturb_pose(Tt, reg.centre_ct, [0.5 * i, 0, 0], [1.0 * i, 0, 0]) for i in range(3)]
+    frames = [synthesize_frame(vol, intr, T, rng=np.random.default_rng(10 + i)) for i, T in enumerate(poses)]
+    results = reg.track(frames, init=perturb_pose(Tt, reg.centre_ct, [1, 1, 0], [3, 0, 0]))
+    for T, r in zip(poses, results):
+        assert reprojection_distance_mm(r.pose, T, pts, intr) < 0.5
+    out = {}
+
+    def work(i):
+        out[i] = reg.register(frames[i], init=poses[0])
+
+    th = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    for i in range(2):
+        assert reprojection_distance_mm(out[i].pose, poses[i], pts, intr) < 0.5
+
+
+def test_bin_image_matches_intrinsics_binning():
+    intr = Intrinsics.centred(1000.0, 0.5, 130, 98)
+    img = np.arange(98 * 130, dtype=np.float32).reshape(98, 130)
+    assert bin_image(img, 4).shape == intr.binned(4).shape
