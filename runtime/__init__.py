@@ -18,6 +18,10 @@ from runtime.errors import (
 from runtime.volume import MU_WATER, Volume, hu_to_mu
 from runtime.io import load_ct, load_mask
 from runtime.phantom import make_phantom
+from runtime.pose import exp_se3, invert, left_update, log_se3, validate_pose
+from runtime.projector import DeviceArray, Projector, Render
+from runtime.result import Confidence, RegistrationResult
+from runtime.registrar import Registrar
 
 __all__ = [
     "Intrinsics",
@@ -27,6 +31,17 @@ __all__ = [
     "load_ct",
     "load_mask",
     "make_phantom",
+    "exp_se3",
+    "log_se3",
+    "invert",
+    "left_update",
+    "validate_pose",
+    "Projector",
+    "Render",
+    "DeviceArray",
+    "Registrar",
+    "RegistrationResult",
+    "Confidence",
     "SopiError",
     "VolumeError",
     "CTLoadError",
