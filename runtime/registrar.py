@@ -64,18 +64,18 @@ class RegistrarOptions:
     # entry repeats). NCC has the wider basin (coarse levels), GC the sharper optimum.
     polarity: str | float = "auto"
     # "auto": decided once per frame from the initial DRR; +1 / -1 to force
-    level_widths: tuple[int, ...] = (32, 64, 128)
+    level_widths: tuple[int, ...] = (16, 32, 64, 128)
     # target detector widths of the pyramid (coarse to fine), realised as power-of-2 binnings of the
     # frame; the finest is capped at the frame's width
-    max_iterations: tuple[int, ...] = (15, 8, 4)
+    max_iterations: tuple[int, ...] = (20, 20, 8, 4)
     # evaluations per level (the last entry repeats for extra levels)
-    max_step_mm: tuple[float, ...] = (20.0, 10.0, 5.0)
+    max_step_mm: tuple[float, ...] = (30.0, 20.0, 10.0, 5.0)
     # trust-region cap of one step per level (mm; rotations as rho * angle)
     xtol_px: float = 0.02
     # converged when a step moves the anatomy by less than this many pixels of the level
     rho_mm: float = 100.0
     # lever arm (mm) that turns rotation angles into mm
-    use_mask: bool | None | tuple = (False, False, None)
+    use_mask: bool | None | tuple = (False, False, False, None)
     # restrict to the projected spine mask (dilated); None = when a mask is available; or one
     # per level (the start pose of a coarse level may be far off: the whole view is safer there)
     mask_dilate_frac: float = 0.08

