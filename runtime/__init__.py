@@ -22,6 +22,10 @@ from runtime.pose import exp_se3, invert, left_update, log_se3, validate_pose
 from runtime.projector import DeviceArray, Projector, Render
 from runtime.result import Confidence, RegistrationResult
 from runtime.registrar import Registrar
+from runtime.bundle import SCHEMA_VERSION, Bundle, load_bundle
+from runtime.backends import open_network
+from runtime.engines import build_engines
+from runtime.sopi_params import SopiGeometry, T_to_sopi, sopi_to_T
 
 __all__ = [
     "Intrinsics",
@@ -42,6 +46,14 @@ __all__ = [
     "Registrar",
     "RegistrationResult",
     "Confidence",
+    "Bundle",
+    "load_bundle",
+    "SCHEMA_VERSION",
+    "open_network",
+    "build_engines",
+    "SopiGeometry",
+    "sopi_to_T",
+    "T_to_sopi",
     "SopiError",
     "VolumeError",
     "CTLoadError",
