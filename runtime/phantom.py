@@ -3,7 +3,8 @@
 Five vertebrae (L1 at the top, label 1 ... L5, label 5) with a cortical shell around cancellous
 bone, pedicles, laminae, spinous and transverse processes, intervertebral discs, a lordotic
 curve, soft tissue with a fat layer, a bowel-gas pocket on the patient's right and a small dense
-clip on the patient's left (so mirror images are told apart), air outside. Shapes are signed
+clip on the patient's left (so mirror images are told apart), iliac wings below L5 and the
+lowest ribs beside L1 (so the levels are told apart), air outside. Shapes are signed
 distance functions with one voxel of linear partial-volume ramp, so DRRs are smooth.
 
 Coordinates are LPS mm with the origin at the grid centre: +x patient left, +y posterior,
@@ -101,6 +102,12 @@ def _anatomy() -> list[_Shape]:
         _Shape("ellipsoid", (-42.0, -30.0, 25.0), (18.0, 12.0, 22.0), -900.0),       # bowel gas, patient right
         _Shape("ellipsoid", (-20.0, -40.0, -40.0), (10.0, 8.0, 12.0), -850.0),       # second gas pocket
         _Shape("ellipsoid", (45.0, -20.0, 55.0), (2.5, 2.5, 6.0), 2500.0),          # surgical clip, patient left
+        _Shape("ellipsoid", (-66.0, 12.0, -88.0), (10.0, 38.0, 30.0), 450.0),        # iliac wing R
+        _Shape("ellipsoid", (-66.0, 12.0, -88.0), (7.0, 35.0, 27.0), 180.0),
+        _Shape("ellipsoid", (66.0, 12.0, -88.0), (10.0, 38.0, 30.0), 450.0),         # iliac wing L
+        _Shape("ellipsoid", (66.0, 12.0, -88.0), (7.0, 35.0, 27.0), 180.0),
+        _Shape("ellipsoid", (-52.0, 30.0, 76.0), (30.0, 6.0, 5.0), 900.0),           # 12th rib R
+        _Shape("ellipsoid", (54.0, 30.0, 82.0), (32.0, 6.0, 5.0), 900.0),            # 12th rib L
     ]
 
 
