@@ -60,11 +60,10 @@ def default_step_mm(volume: Volume) -> float:
 
 
 def _pad(data: np.ndarray) -> np.ndarray:
-    """Zero-pad by one voxel on every side, float32 C-contiguous."""
-    nk, nj, ni = data.shape
-    out = np.zeros((nk + 2, nj + 2, ni + 2), dtype=np.float32)
-    out[1:-1, 1:-1, 1:-1] = data
-    return out
+    """Zero-pad by one voxel on every side, float32 C-contiguous (a view into a buffer with zero
+    margins, which the cpu kernels use in place; see `runtime.cpu_projector`)."""
+    from runtime.cpu_projector import padded_with_margin
+    return padded_with_margin(data)
 
 
 def pose_params(affine: np.ndarray, T: np.ndarray, step_mm: float, kmin: int = 0) -> np.ndarray:
