@@ -6,7 +6,7 @@ import datetime as _dt
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from models.checkpoint import load_checkpoint
 from models.encoder import FeatureHead
 from models.errors import CheckpointError
 from models.rtpi import POSE_NAMES, RTPI_KINDS
+from models.rtpi_ps import PS_KIND
 from runtime.backends.onnxrt import OnnxRuntimeBackend
 from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file, write_manifest
 from runtime.sopi_params import SopiGeometry
@@ -41,7 +42,8 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     fp16: bool = False  # also write an FP16 graph (FP32 islands) per network
     engine: bool = False  # build TensorRT engines (runtime.engines.build_engines)
-    geometry: SopiGeometry = TEST_GEOMETRY  # what the networks were trained for
+    geometry: SopiGeometry | None = None  # what the networks were trained for
+    # None: the geometry recorded in the checkpoint (sopi-train), else TEST_GEOMETRY
     rtpi_range_flag: int | None = None  # RTPInet_v1 output-range flag (upstream dataset index)
     image_size: int | None = None  # encoder input size (default geometry.det_size)
     n_random: int = 2  # random parity inputs per network (plus one realistic)
@@ -92,8 +94,9 @@ def _volume_pre(geom: SopiGeometry) -> dict:
                           "note": "upstream feeds stored HU values, no windowing"}}
 
 
-def plan_networks(kind: str, module, opts: ExportOptions) -> list[NetworkPlan]:
-    g = opts.geometry
+def plan_networks(kind: str, module, opts: ExportOptions,
+                  metadata: dict | None = None) -> list[NetworkPlan]:
+    g = opts.geometry or TEST_GEOMETRY
     s = opts.image_size or g.det_size
     n = g.volume_size
     if kind in RTPI_KINDS:
@@ -107,6 +110,21 @@ def plan_networks(kind: str, module, opts: ExportOptions) -> list[NetworkPlan]:
             "range_flag": module.flag}
         return [NetworkPlan("rtpi", kind, "initialiser", module,
                             [("volume", (1, 1, n, n, n)), ("image", (1, 1, s, s))],
+                            ["pose_unit", "pose"], pre, extra)]
+    if kind == PS_KIND:
+        s = module.image_size
+        if s != g.det_size:
+            raise CheckpointError(f"{kind} takes {s}x{s} images but the geometry's detector is "
+                                  f"{g.det_size}x{g.det_size}; pass the training geometry")
+        pre = {"image": _image_pre(g, s, {"kind": "min_max"})}
+        meta = metadata or {}
+        extra = {"output_semantics": {
+            "pose_unit": "relu6(fc)/6 in [0,1]", "pose": list(POSE_NAMES),
+            "ranges": [r.to_dict() for r in module.ranges],
+            "note": "patient-specific: no volume input; the 3-D branch is a learned constant"},
+            "patient_specific": {k: meta[k] for k in ("cube_affine", "ct", "ct_sha256", "mask")
+                                 if k in meta}}
+        return [NetworkPlan("rtpi", kind, "initialiser", module, [("image", (1, 1, s, s))],
                             ["pose_unit", "pose"], pre, extra)]
     moving = {"kind": "scale", "scale": g.raw_drr_scale,
               "formula": "input = raw_drr_scale * DRR(sum mu*step) of the HU-valued network cube",
@@ -165,14 +183,22 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # a half-written bundle must not look valid
-    sources, plans = [], []
+    sources, loaded = [], []
     for ck in checkpoints:
         say(f"loading {ck}")
-        lc = load_checkpoint(ck, flag=opts.rtpi_range_flag)
+        loaded.append((ck, load_checkpoint(ck, flag=opts.rtpi_range_flag)))
+    if opts.geometry is None:  # the training geometry recorded by sopi-train, if any
+        recorded = [SopiGeometry.from_dict(lc.metadata["geometry"]) for _, lc in loaded
+                    if isinstance(lc.metadata.get("geometry"), dict)]
+        if any(g != recorded[0] for g in recorded[1:]):
+            raise CheckpointError(f"the checkpoints record different training geometries {recorded}")
+        opts = replace(opts, geometry=recorded[0] if recorded else TEST_GEOMETRY)
+    plans = []
+    for ck, lc in loaded:
         sources.append({"file": Path(ck).name, "sha256": lc.metadata["source_sha256"],
                         "kind": lc.kind, "container": lc.metadata.get("container"),
                         "epoch": lc.metadata.get("epoch"), "options": lc.metadata.get("options")})
-        plans += plan_networks(lc.kind, lc.module, opts)
+        plans += plan_networks(lc.kind, lc.module, opts, lc.metadata)
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise CheckpointError(f"the checkpoints give duplicate networks {names}; pass one per kind")

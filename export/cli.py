@@ -31,10 +31,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", action="store_true",
                    help="build TensorRT engines now (needs TensorRT + GPU; same as sopi-build-engines)")
     g = p.add_argument_group("training geometry (recorded in the manifest)")
-    g.add_argument("--geometry-flag", type=int, default=4, help="upstream downsampling flag (4: 128^3 / 0.798 mm px)")
-    g.add_argument("--volume-size", type=int, default=128, help="network cube voxels per side N")
-    g.add_argument("--vol-spacing", type=float, default=3.117188, help="training CT j-spacing in mm")
-    g.add_argument("--det-size", type=int, default=256, help="detector pixels per side")
+    g.add_argument("--geometry-flag", type=int, default=None, help="upstream downsampling flag (default 4: 128^3 / 0.798 mm px)")
+    g.add_argument("--volume-size", type=int, default=None, help="network cube voxels per side N (default 128)")
+    g.add_argument("--vol-spacing", type=float, default=None, help="training CT j-spacing in mm (default 3.117188)")
+    g.add_argument("--det-size", type=int, default=None, help="detector pixels per side (default 256)")
+    # none given: the geometry recorded in a sopi-train checkpoint, else the defaults above
     g.add_argument("--range-flag", type=int, default=None,
                    help="RTPInet_v1 output-range flag (upstream dataset index; default: the generic ranges)")
     q = p.add_argument_group("parity")
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     try:
-        geom = SopiGeometry.from_upstream(a.geometry_flag, a.volume_size, a.vol_spacing, a.det_size)
+        given = (a.geometry_flag, a.volume_size, a.vol_spacing, a.det_size)
+        geom = None if all(v is None for v in given) else SopiGeometry.from_upstream(
+            a.geometry_flag or 4, a.volume_size or 128, a.vol_spacing or 3.117188, a.det_size or 256)
         opts = ExportOptions(opset=a.opset, fp16=a.fp16, engine=a.engine, geometry=geom,
                              rtpi_range_flag=a.range_flag, n_random=a.parity_random,
                              realistic=not a.no_realistic, tolerance=a.tolerance, threads=a.threads)

@@ -8,6 +8,7 @@ from models.encoder import CompositeEncoder, FeatureHead, FineRegNet
 from models.errors import CheckpointError
 from models.projector import min_max, render_upstream, rtvec_to_matrix
 from models.rtpi import POSE_NAMES, RTPI_KINDS, ParamRange, RTPINet, param_ranges
+from models.rtpi_ps import PS_KIND, PatientRTPINet
 from runtime.sopi_params import (
     SopiGeometry,
     T_to_sopi,
@@ -21,6 +22,6 @@ from runtime.sopi_params import (
 __all__ = [
     "KINDS", "RTPI_KINDS", "POSE_NAMES", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint",
     "build", "detect", "CheckpointError", "CompositeEncoder", "FineRegNet", "FeatureHead", "RTPINet",
-    "ParamRange", "param_ranges", "render_upstream", "rtvec_to_matrix", "min_max", "SopiGeometry",
+    "ParamRange", "param_ranges", "PS_KIND", "PatientRTPINet", "render_upstream", "rtvec_to_matrix", "min_max", "SopiGeometry",
     "sopi_to_T", "T_to_sopi", "pose_to_rtvec", "rtvec_to_pose", "network_image", "network_volume",
 ]

@@ -17,10 +17,11 @@ from torch import nn
 from models.encoder import CompositeEncoder, FineRegNet
 from models.errors import CheckpointError
 from models.rtpi import RTPI_KINDS, RTPINet
+from models.rtpi_ps import PS_KIND, PatientRTPINet
 
 SOPI_FORMAT = "sopi-checkpoint"
 SOPI_FORMAT_VERSION = 1
-KINDS = (*RTPI_KINDS, "Fine_regnet", "Composite_encoder")
+KINDS = (*RTPI_KINDS, PS_KIND, "Fine_regnet", "Composite_encoder")
 
 
 @dataclass
@@ -70,6 +71,12 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
         raise CheckpointError(
             "checkpoint holds RTPInet_v3 (keys fc3.*/downsample.*), which only runs on 512^3 volumes "
             "and is not supported; export RTPInet, RTPInet_v1 or RTPInet_v2")
+    if "volume_code" in keys:  # patient-specific RTPI (models/rtpi_ps.py)
+        lo, span = state.get("range_lo"), state.get("range_span")
+        opts: dict[str, Any] = {"image_size": int(state["volume_code"].shape[-1]) * 4}
+        if lo is not None and span is not None:
+            opts["ranges"] = [[float(a), float(a + s)] for a, s in zip(lo.tolist(), span.tolist())]
+        return PS_KIND, opts
     if any(k.startswith("fussion_net.") for k in keys):
         return "RTPInet", {}
     if "localization.2.conv2.conv.weight" in keys:
@@ -85,6 +92,9 @@ def build(kind: str, **opts: Any) -> nn.Module:
     """A freshly initialised network of `kind`."""
     if kind in RTPI_KINDS:
         return RTPINet(kind, flag=opts.get("flag", -1))
+    if kind == PS_KIND:
+        kw = {k: opts[k] for k in ("image_size", "ranges") if k in opts}
+        return PatientRTPINet(**kw)
     if kind == "Fine_regnet":
         return FineRegNet(opts.get("layout", "head"), opts.get("size", 256))
     if kind == "Composite_encoder":
@@ -149,7 +159,7 @@ def load_checkpoint(path: str | Path, *, flag: int | None = None,
             f"{path}: a torch file but not a checkpoint: expected a state dict or a dict with "
             f"'state_dict' (got {type(obj).__name__}"
             f"{' with keys ' + str(sorted(obj)[:6]) if isinstance(obj, dict) else ''})")
-    if flag is not None:
+    if flag is not None and kind in RTPI_KINDS:
         opts["flag"] = int(flag)
     if expect is not None and kind != expect:
         raise CheckpointError(f"{path}: holds {kind}, expected {expect}")
@@ -166,6 +176,8 @@ def save_checkpoint(path: str | Path, module: nn.Module, kind: str,
     opts: dict[str, Any] = {}
     if isinstance(module, RTPINet):
         opts["flag"] = module.flag
+    elif isinstance(module, PatientRTPINet):
+        opts.update(image_size=module.image_size, ranges=module.range_list())
     elif isinstance(module, FineRegNet):
         opts.update(layout=module.encoderx.layout, size=module.encoderx.size)
     elif isinstance(module, CompositeEncoder):
