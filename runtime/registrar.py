@@ -7,8 +7,8 @@
     results = reg.track(frames, init=T0)   # cine: warm start from the last good pose
 
 Stages (design, "The refinement loop"): **init** (a given pose, the DICOM positioner angles, or the
-network when a bundle is loaded — the learned stages come with a later issue) then the
-**intensity** stage: Levenberg-Marquardt on SE(3) with the projector's exact Jacobian, on a
+RTPI network of the bundle), the **learned** feature stage when the bundle has the encoder pair
+(`runtime.learned`, docs/learned.md), then the **intensity** stage: Levenberg-Marquardt on SE(3) with the projector's exact Jacobian, on a
 coarse-to-fine pyramid of detector levels, minimising ``1 - similarity`` (NCC, gradient
 correlation or both; polarity-free, so inverted or rescaled X-ray intensities are fine) over the
 valid detector pixels, restricted by default to the projected spine mask (dilated).
@@ -43,7 +43,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.confidence import ConfidenceModel, assess
+from runtime.confidence import ConfidenceModel, assess, projection_jacobian
 from runtime.errors import FrameMismatchError, RegistrationError
 from runtime.pose import hat, left_update, validate_pose
 from runtime.projector import Projector
@@ -67,12 +67,15 @@ class RegistrarOptions:
     level_widths: tuple[int, ...] = (16, 32, 64, 128)
     # target detector widths of the pyramid (coarse to fine), realised as power-of-2 binnings of the
     # frame; the finest is capped at the frame's width
-    max_iterations: tuple[int, ...] = (20, 20, 8, 4)
-    # evaluations per level (the last entry repeats for extra levels)
+    max_iterations: tuple[int, ...] = (20, 20, 10, 5)
+    # evaluations per level and start (the last entry repeats for extra levels)
     max_step_mm: tuple[float, ...] = (30.0, 20.0, 10.0, 5.0)
     # trust-region cap of one step per level (mm; rotations as rho * angle)
-    xtol_px: float = 0.02
-    # converged when a step moves the anatomy by less than this many pixels of the level
+    xtol_px: float | tuple[float, ...] = (0.05, 0.02, 0.005, 0.01)
+    # converged when a step moves the anatomy (RMS over the mask points, predicted) by less than this
+    # many pixels of the level (or one per level)
+    rtol: float | tuple[float, ...] = (0.0, 0.0, 0.0, 1e-3)
+    # ... or when the cost fell by less than rtol * cost over the last two accepted steps (per level)
     rho_mm: float = 100.0
     # lever arm (mm) that turns rotation angles into mm
     use_mask: bool | None | tuple = (False, False, False, None)
@@ -86,6 +89,17 @@ class RegistrarOptions:
     # fewer usable pixels than this at a level is an error (or a fallback to the valid region)
     max_correction_mm: float = 150.0
     # a pose farther than this (rho-geodesic) from the start is a divergence
+    search_level: int | None = 0
+    # pyramid level (index, coarse = 0) of the coarse global search before LM; None = no search
+    search_range_mm: float = 24.0
+    # the search tries in-plane translations of the anatomy (camera x, y) up to +- this ...
+    search_step_mm: float = 12.0
+    # ... in steps of this
+    search_rot_deg: tuple[float, ...] = (0.0,)
+    # in-plane rotations (about the beam axis through the anatomy centre) tried with each translation
+    starts_per_level: int | tuple[int, ...] = (4, 1)
+    # LM starts per level (the last entry repeats): at the search level the start pose and the best
+    # grid minima, at later levels the best distinct results of the previous level
     confidence: ConfidenceModel = field(default_factory=ConfidenceModel)
     # thresholds of res.confidence
 
@@ -179,16 +193,18 @@ class Registrar:
     def __init__(self, volume: Volume, intrinsics: Intrinsics, mask: np.ndarray | None = None,
                  bundle: Any = None, backend: str = "auto", budget_ms: float | None = None, *,
                  profile: bool = False, step_mm: float | None = None,
-                 options: RegistrarOptions | None = None, **option_overrides: Any) -> None:
+                 options: RegistrarOptions | None = None, learned: Any = None,
+                 **option_overrides: Any) -> None:
         # volume: runtime.Volume (mu in 1/mm, LPS affine)
         # intrinsics: detector of bare-array frames (FluoroFrames carry their own)
         # mask: bool/uint8 array of the volume's shape (spine labels); None = volume.mask
-        # bundle: learned-stage bundle (later issue); None = intensity stage only
+        # bundle: runtime.bundle.Bundle or bundle folder (RTPI init, learned stage); None = neither
         # backend: projector backend "auto" | "cpu" | "cuda"
         # budget_ms: default deadline per register() call; None = run to convergence
         # profile: fill res.timings["iterations"] (per-iteration detail)
         # step_mm: projector sampling step (default: smallest voxel spacing)
         # options / option_overrides: RegistrarOptions, or its fields as keywords
+        # learned: runtime.learned.LearnedOptions (network backend, FD step, stage budget share)
         if not isinstance(volume, Volume):
             raise RegistrationError(f"volume must be a runtime.Volume, got {type(volume).__name__}")
         if not isinstance(intrinsics, Intrinsics):
@@ -234,6 +250,14 @@ class Registrar:
         self.points_ct = pts[rng.choice(len(pts), min(len(pts), 512), replace=False)]
         self._lock = threading.Lock()
         self.warm_up_ms: float | None = None
+        self._networks = None  # runtime.learned.BundleNetworks: cube built and sessions opened once
+        if bundle is not None:
+            from runtime.learned import BundleNetworks, LearnedOptions
+
+            self._networks = BundleNetworks(bundle, volume, mask_arr, learned or LearnedOptions(),
+                                            projector_backend=self._projector.backend)
+            self.bundle = self._networks.bundle
+        self._init_info: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- public
     @property
@@ -259,6 +283,8 @@ class Registrar:
                                          .standard_normal(img.shape).astype(np.float32), valid, min_pixels=1)
                 sim.evaluate(img, r.jacobian)
                 proj.render(T, jacobian=False, binning=f, mask=False)
+            if self._networks is not None:
+                self._networks.warm_up()
         self.warm_up_ms = (time.perf_counter() - t0) * 1e3
         return self.warm_up_ms
 
@@ -297,7 +323,7 @@ class Registrar:
         T[:3, 3] = np.array([0.0, 0.0, 0.75 * intr.sdd_mm]) - self.centre_ct
         return T
 
-    def _resolve_init(self, init: Any, fluoro: Any) -> np.ndarray:
+    def _resolve_init(self, init: Any, fluoro: Any, frame: tuple | None = None) -> np.ndarray:
         if init is None:
             init = "network" if self.bundle is not None else ("dicom" if fluoro is not None else None)
             if init is None:
@@ -308,7 +334,8 @@ class Registrar:
             if init == "network":
                 if self.bundle is None:
                     raise RegistrationError("init='network' needs a bundle (Registrar(..., bundle=...))")
-                raise RegistrationError("init='network' (learned stages) is not available in this version")
+                T, self._init_info = self._networks.initial_pose(*frame)
+                return validate_pose(T, "network initial pose")
             if init == "dicom":
                 if fluoro is None or not hasattr(fluoro, "initial_pose"):
                     raise RegistrationError("init='dicom' needs a FluoroFrame (read with calib.read_fluoro)")
@@ -328,6 +355,60 @@ class Registrar:
                 f"volume not in view: the anatomy centre projects to pixel ({uv[0]:.0f}, {uv[1]:.0f}), outside "
                 f"the {intr.width}x{intr.height} detector at the initial pose")
 
+    def _anatomy_distance(self, T1: np.ndarray, T2: np.ndarray, rho: float) -> float:
+        """How far apart two poses put the anatomy: centre displacement (mm, camera) plus
+        ``rho`` times the relative rotation angle."""
+        c1 = T1[:3, :3] @ self.centre_ct + T1[:3, 3]
+        c2 = T2[:3, :3] @ self.centre_ct + T2[:3, 3]
+        R = T1[:3, :3] @ T2[:3, :3].T
+        ang = math.acos(float(np.clip(0.5 * (np.trace(R) - 1.0), -1.0, 1.0)))
+        return float(np.linalg.norm(c1 - c2) + rho * ang)
+
+    def _grid_search(self, T: np.ndarray, proj: Projector, f: int, lintr: Intrinsics, sim: Any,
+                     update: Any, n_starts: int, should_stop: Any) -> list[np.ndarray]:
+        """Coarse global search at one (cheap) level: the similarity over a grid of in-plane
+        translations (camera x, y; +-search_range_mm in search_step_mm) and in-plane rotations
+        (search_rot_deg, about the beam axis through the anatomy centre) around ``T``; returns
+        ``T`` itself followed by the best ``n_starts - 1`` other grid poses that are local
+        minima of the grid (renders without Jacobian: ~1 ms each at 16 px)."""
+        opts = self.options
+        rho = opts.rho_mm
+        n = int(round(opts.search_range_mm / opts.search_step_mm))
+        offs = np.arange(-n, n + 1) * opts.search_step_mm
+        rots = tuple(opts.search_rot_deg) or (0.0,)
+        costs = np.full((len(rots), len(offs), len(offs)), np.inf)
+        poses: dict[tuple[int, int, int], np.ndarray] = {}
+        for a, rdeg in enumerate(rots):
+            for j, dy in enumerate(offs):
+                for i, dx in enumerate(offs):
+                    if should_stop():
+                        break
+                    Tg = update(T, np.array([0.0, 0.0, rho * math.radians(rdeg), dx, dy, 0.0]))
+                    c = Tg[:3, :3] @ self.centre_ct + Tg[:3, 3]
+                    uv = lintr.project(c)
+                    if not (0 <= uv[0] <= lintr.width - 1 and 0 <= uv[1] <= lintr.height - 1):
+                        continue
+                    drr = proj.render(Tg, jacobian=False, binning=f, mask=False).image
+                    costs[a, j, i] = 1.0 - sim.polarity * sim.raw_correlation(drr)
+                    poses[(a, j, i)] = Tg
+        # local minima over the (rotation, y, x) grid neighbourhood, best first
+        found: list[tuple[float, tuple[int, int, int]]] = []
+        for key, Tg in poses.items():
+            a, j, i = key
+            c0 = costs[key]
+            nb = costs[max(a - 1, 0):a + 2, max(j - 1, 0):j + 2, max(i - 1, 0):i + 2]
+            if c0 <= nb.min():
+                found.append((float(c0), key))
+        found.sort()
+        centre_key = (rots.index(0.0) if 0.0 in rots else 0, n, n)
+        out = [T]
+        for c0, key in found:
+            if len(out) >= n_starts:
+                break
+            if key != centre_key:
+                out.append(poses[key])
+        return out
+
     def _register(self, frame: Any, init: Any, budget_ms: float | None) -> RegistrationResult:
         t_start = time.perf_counter()
         deadline = None if budget_ms is None else t_start + budget_ms / 1e3
@@ -339,23 +420,64 @@ class Registrar:
 
         # ---- init stage (validation included)
         img, valid, intr, fluoro = _parse_frame(frame, self.intrinsics)
-        T0 = self._resolve_init(init, fluoro)
+        self._init_info = {}
+        T0 = self._resolve_init(init, fluoro, (img, valid, intr))
         self._check_in_view(T0, intr)
         proj = self._projector_for(intr)
         levels = auto_levels(intr.width, intr.height, opts.level_widths)
         stages["init"] = (time.perf_counter() - t_start) * 1e3
+        if self._init_info:
+            if self.profile:
+                iters.append({"stage": "init", "render_ms": 0.0, "similarity_ms": 0.0, "solve_ms": 0.0,
+                              "inference_ms": self._init_info["inference_ms"],
+                              "copy_ms": self._init_info["preprocess_ms"], "_end": 0.0, "_level": "init"})
+            share = self._networks.options.init_share
+            if budget_ms is not None and stages["init"] > share * budget_ms:
+                warnings.append(f"network init took {stages['init']:.0f} ms, more than its "
+                                f"{100 * share:.0f} % share of the {budget_ms:.0f} ms budget")
+
+        # ---- learned-feature stage (bundle with encoders): until its cost stops falling or
+        # half of the time left; the intensity stage gets the rest
+        T_int0 = T0
+        if self._networks is not None and self._networks.has_learned:
+            t_l = time.perf_counter()
+            stop_at = None if deadline is None else t_l + self._networks.options.time_share * (deadline - t_l)
+
+            def _learned_eval(Tc, cost, accepted):
+                history.append({"stage": "learned", "level": 1, "pose": Tc, "cost": float(cost),
+                                "accepted": bool(accepted)})
+
+            try:
+                T_int0, linfo = self._networks.refine(
+                    img, valid, intr, T0, self.centre_ct, opts.rho_mm, stop_at,
+                    on_iteration=(lambda d: iters.append({**d, "_end": 0.0, "_level": "learned"}))
+                    if self.profile else None, on_eval=_learned_eval)
+                n_learned = linfo["evaluations"]
+                if linfo["status"] == "failed":
+                    warnings.append("learned stage: the start pose could not be evaluated; skipped")
+            except RegistrationError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a failing network never loses the frame
+                warnings.append(f"learned stage failed ({type(exc).__name__}: {exc}); skipped")
+                T_int0, n_learned = T0, 0
+            if not np.all(np.isfinite(T_int0)):
+                T_int0 = T0
+            stages["learned"] = (time.perf_counter() - t_l) * 1e3
+        else:
+            n_learned = 0
 
         # ---- intensity stage
         t_int = time.perf_counter()
         rho = opts.rho_mm
         centre = self.centre_ct
-        T = T0
+        T = T_int0
         status = "converged"
         last = None  # (r, J, similarity, level intrinsics)
         polarity = None if opts.polarity == "auto" else float(opts.polarity)
-        n_eval = 0
+        n_eval = n_learned
         est_iter_s: dict[int, float] = {}
         hard_failure = None
+        candidates: list[np.ndarray] = [T]
 
         def update(Tc: np.ndarray, delta: np.ndarray) -> np.ndarray:
             c = Tc[:3, :3] @ centre + Tc[:3, 3]
@@ -454,9 +576,19 @@ class Registrar:
                 # convergence tolerance: xtol_px pixels of this level at the anatomy depth
                 depth = float((T[:3, :3] @ centre + T[:3, 3])[2])
                 px_mm = lintr.du_mm * depth / lintr.sdd_mm
+                # step size for the xtol test: RMS predicted motion of the anatomy points in pixels
+                # of this level (linearised at the level's start; depth barely moves the image)
+                Pm = projection_jacobian(self.points_ct[:128] @ T[:3, :3].T + T[:3, 3],
+                                         T[:3, :3] @ centre + T[:3, 3], lintr, rho) / lintr.du_mm
+                Mm = np.einsum("nij,nik->jk", Pm, Pm) / len(Pm)
+
+                def motion_px(d: np.ndarray, _M=Mm) -> float:
+                    return math.sqrt(max(float(d @ _M @ d), 0.0))
+
                 lopt = LMOptions(
                     max_iterations=opts.max_iterations[min(li, len(opts.max_iterations) - 1)],
-                    xtol=opts.xtol_px * px_mm, ftol=1e-9,
+                    xtol=float(_at(opts.xtol_px, li)), ftol=1e-9, rtol=float(_at(opts.rtol, li)),
+                    step_norm=motion_px,
                     max_step=opts.max_step_mm[min(li, len(opts.max_step_mm) - 1)])
 
                 def should_stop(_f=f) -> bool:
@@ -470,14 +602,38 @@ class Registrar:
 
                 if first is not None:
                     on_eval(T, first[2], True)
-                res = levenberg_marquardt(evaluate, T, update, lopt, should_stop, on_eval, initial=first)
-                if res.status == "failed":
+                # starts of this level: the coarse global search's best grid poses at the search
+                # level, else the best poses of the previous level (multi-start; the best cost wins)
+                n_starts = max(1, int(_at(opts.starts_per_level, li)))
+                if li == 0:
+                    candidates = [T]
+                if li == opts.search_level and n_starts > 1 and not should_stop():
+                    starts = self._grid_search(T, proj, f, lintr, sim, update, n_starts, should_stop)
+                else:
+                    starts = candidates[:n_starts]
+                results = []
+                for Ts in starts:
+                    init_eval = first if (first is not None and Ts is T) else None
+                    r_ = levenberg_marquardt(evaluate, Ts, update, lopt, should_stop, on_eval,
+                                             initial=init_eval)
+                    if r_.status != "failed":
+                        results.append(r_)
+                    if r_.status == "stopped":
+                        break
+                if not results:
                     hard_failure = "the initial pose could not be evaluated (anatomy out of view)"
                     status = "diverged"
                     break
+                results.sort(key=lambda q: q.cost)
+                res = results[0]
+                # later levels' starts: the distinct (not the same pose) best results
+                candidates = []
+                for q in results:
+                    if all(self._anatomy_distance(q.x, Tq, rho) > 2.0 * px_mm for Tq in candidates):
+                        candidates.append(q.x)
                 T = res.x
                 last = (res.r, res.J, 1.0 - res.cost, lintr)
-                if res.status == "stopped":
+                if any(q.status == "stopped" for q in results):
                     status = "deadline"
                     break
                 status = "converged" if res.status == "converged" else "max_iterations"

@@ -39,6 +39,11 @@ class LMOptions:
     # damping above this: no descent direction left; stop (converged at a stationary point)
     max_step: float | None = None
     # trust-region cap on max |delta| (caller's units); larger steps are scaled down
+    step_norm: Callable[[np.ndarray], float] | None = None
+    # size of a step for the xtol tests (default max |delta|); e.g. the predicted image motion of
+    # the anatomy in pixels, so poorly observed directions (depth) do not hold off convergence
+    rtol: float = 0.0
+    # ... or converged when the cost fell by less than rtol * cost over the last two accepted steps
 
 
 @dataclass
@@ -109,6 +114,10 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
         on_evaluation(x0, cost, True)
     history.append((x0, cost, True))
     x, lam, nu = x0, opt.lambda0, 2.0
+    accepted_costs = [cost]
+
+    def step_size(d: np.ndarray) -> float:
+        return float(opt.step_norm(d)) if opt.step_norm is not None else float(np.max(np.abs(d)))
     status = "max_iterations"
     while True:
         if n_eval >= opt.max_iterations:
@@ -125,7 +134,8 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
             lam *= nu
             nu *= 2.0
             continue
-        if float(np.max(np.abs(delta))) < 0.1 * opt.xtol:
+        size = step_size(delta)
+        if size < 0.1 * opt.xtol:
             status = "converged"  # the step would change nothing measurable
             break
         x_new = update(x, delta)
@@ -145,10 +155,16 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
             x, r, J, cost = x_new, r_new, J_new, cost_new
             lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
-            if float(np.max(np.abs(delta))) < opt.xtol or decrease < opt.ftol:
+            accepted_costs.append(cost)
+            rel2 = (accepted_costs[-3] - cost) if len(accepted_costs) >= 3 else math.inf
+            if size < opt.xtol or decrease < opt.ftol or rel2 < opt.rtol * abs(cost):
                 status = "converged"
                 break
         else:
+            if size < opt.xtol:
+                # a step too small to matter does not lower the cost: at the optimum (within noise)
+                status = "converged"
+                break
             lam *= nu
             nu *= 2.0
     return LMResult(x, cost, r, J, n_eval, status, lam, history)

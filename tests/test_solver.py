@@ -64,3 +64,43 @@ def test_should_stop_and_max_iterations():
     res = levenberg_marquardt(_expfit(), np.array([1.0, 0.2, 0.0]), lambda x, d: x + d,
                               LMOptions(max_iterations=3, xtol=0))
     assert res.status == "max_iterations" and res.iterations == 3
+
+
+def test_step_norm_and_relative_cost_tolerance():
+    # step_norm replaces max |delta| in the xtol test: a norm that ignores parameter 2 (c) still
+    # converges; rtol stops once two accepted steps together gain less than rtol * cost
+    seen = []
+
+    def norm(d):
+        seen.append(d.copy())
+        return float(np.hypot(d[0], d[1]))
+    res = levenberg_marquardt(_expfit(), np.array([1.0, 0.2, 0.0]), lambda x, d: x + d,
+                              LMOptions(max_iterations=100, xtol=1e-8, step_norm=norm))
+    assert res.status == "converged" and seen
+    np.testing.assert_allclose(res.x, [2.5, 1.3, 0.4], atol=1e-5)
+    y_noise = np.random.default_rng(0).normal(0, 0.05, 50)
+    base = _expfit()
+
+    def noisy(x):
+        r, J, _ = base(x)
+        r = r + y_noise
+        return r, J, 0.5 * float(r @ r)
+    strict = levenberg_marquardt(noisy, np.array([1.0, 0.2, 0.0]), lambda x, d: x + d,
+                                 LMOptions(max_iterations=100, xtol=0.0, ftol=0.0))
+    loose = levenberg_marquardt(noisy, np.array([1.0, 0.2, 0.0]), lambda x, d: x + d,
+                                LMOptions(max_iterations=100, xtol=0.0, ftol=0.0, rtol=1e-3))
+    assert loose.status == "converged" and loose.iterations < strict.iterations
+    assert loose.cost <= 1.01 * strict.cost
+
+
+def test_tiny_rejected_step_means_converged():
+    # at the optimum of a noisy cost a step below xtol that does not lower the cost is convergence,
+    # not a reason to spend the remaining iterations raising the damping
+    base = _expfit()
+
+    def evaluate(x):
+        r, J, c = base(x)
+        return r, J + 1e-3 * np.sin(np.arange(J.size)).reshape(J.shape), c  # slightly wrong Jacobian
+    res = levenberg_marquardt(evaluate, np.array([2.5, 1.3, 0.4]) + 1e-6, lambda x, d: x + d,
+                              LMOptions(max_iterations=50, xtol=1e-4, ftol=0.0))
+    assert res.status == "converged" and res.iterations < 50
