@@ -71,7 +71,7 @@ class RegistrarOptions:
     # evaluations per level and start (the last entry repeats for extra levels)
     max_step_mm: tuple[float, ...] = (30.0, 20.0, 10.0, 5.0)
     # trust-region cap of one step per level (mm; rotations as rho * angle)
-    xtol_px: float | tuple[float, ...] = (0.05, 0.02, 0.005, 0.01)
+    xtol_px: float | tuple[float, ...] = (0.05, 0.02, 0.005, 0.02)
     # converged when a step moves the anatomy (RMS over the mask points, predicted) by less than this
     # many pixels of the level (or one per level)
     rtol: float | tuple[float, ...] = (0.0, 0.0, 0.0, 1e-3)
@@ -83,8 +83,10 @@ class RegistrarOptions:
     # per level (the start pose of a coarse level may be far off: the whole view is safer there)
     mask_dilate_frac: float = 0.08
     # dilation of the projected mask as a fraction of the level width
-    sigma_px: float | tuple[float, ...] = 0.0
-    # Gaussian pre-smoothing of the gradient similarities (pixels of the level)
+    sigma_px: float | tuple[float, ...] = (0.0, 0.0, 1.0, 1.0)
+    # Gaussian pre-smoothing (pixels of the level) of image and DRR (NCC) or of the gradient
+    # similarities, per level: on the fine levels it damps the DRR's sampling ripple in the depth
+    # derivative, which otherwise inflates J^T J along depth and makes LM crawl there
     min_pixels: int = 256
     # fewer usable pixels than this at a level is an error (or a fallback to the valid region)
     max_correction_mm: float = 150.0

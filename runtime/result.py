@@ -43,7 +43,10 @@ class RegistrationResult:
     pose: np.ndarray
     # 4x4 float64 T_cam_from_ct (the best pose found; the initial pose if nothing better was found)
     status: str
-    # "converged" | "deadline" | "max_iterations" | "diverged" | "failed" (confidence says: do not use)
+    # "converged" | "deadline" | "max_iterations" | "diverged" | "failed" (confidence says: do not use).
+    # "converged": at the finest level the last step moved the anatomy (predicted RMS over the mask
+    # points) by less than xtol_px pixels, or the cost fell by less than rtol (relative) over two
+    # steps, or no smaller step lowers it; "max_iterations": the finest level's quota ran out first
     iterations: int
     # renders with Jacobian over all levels and stages
     similarity: float

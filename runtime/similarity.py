@@ -169,7 +169,13 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
         raise RegistrationError(f"target {target.shape} and valid mask {valid.shape} differ in shape")
     blocks: list[tuple[np.ndarray, np.ndarray] | None] = []
     if kind in ("ncc", "ncc+gc"):
-        blocks.append(None)
+        # sigma_px > 0: NCC of Gaussian-smoothed images (the same linear filter on the Jacobian),
+        # which damps the per-pixel sampling ripple of the DRR's depth derivative
+        if sigma_px > 0:
+            g = _gauss_kernel(sigma_px)
+            blocks.append((g, g))
+        else:
+            blocks.append(None)
     if kind in ("gc", "ncc+gc"):
         blocks += [_filter_kernels("x", sigma_px), _filter_kernels("y", sigma_px)]
     sel = valid

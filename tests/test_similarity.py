@@ -25,16 +25,18 @@ def _model(p, basis, base):
     return img.astype(np.float32), jac.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["ncc", "gc", "ncc+gc"])
+@pytest.mark.parametrize("kind", ["ncc", "gc", "ncc+gc", "ncc-smoothed"])
 @pytest.mark.parametrize("polarity", [1.0, -1.0])
 def test_jacobian_matches_finite_differences(kind, polarity):
+    sigma = 0.0 if kind == "ncc" else 0.7     # "ncc-smoothed": NCC of Gaussian-smoothed images
+    kind = kind.replace("-smoothed", "")
     rng = np.random.default_rng(3)
     base = _smooth_field(rng)
     basis = np.stack([_smooth_field(rng) for _ in range(6)]) * 0.2
     target = -2.5 * base + 7.0 if polarity < 0 else 3.0 * base + 1.0
     valid = np.ones(base.shape, bool)
     valid[:5, :] = False
-    sim = prepare_similarity(kind, target, valid, polarity=polarity, sigma_px=0.7 if kind != "ncc" else 0.0)
+    sim = prepare_similarity(kind, target, valid, polarity=polarity, sigma_px=sigma)
     p = rng.normal(0, 0.3, 6)
     img, jac = _model(p, basis, base)
     r, J, cost, value = sim.evaluate(img, jac)
