@@ -35,6 +35,9 @@ except ImportError:  # pragma: no cover
 
 SOPI_VERSION = "0.1.0"
 TEST_GEOMETRY = SopiGeometry.from_upstream(flag=4, volume_size=128, vol_spacing_mm=3.117188)
+MOVING_MAX_BATCH = 16
+# the moving encoder takes a batch: the learned stage's Jacobian runs [x, x +- e_k t_k] (13 images)
+# in one call (runtime/learned.py, docs/learned.md)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class NetworkPlan:
     outputs: list[str]
     preprocessing: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    dynamic_batch: int = 0  # > 0: symbolic batch axis 1..dynamic_batch (manifest "dynamic_batch")
 
 
 @dataclass
@@ -100,8 +104,7 @@ def plan_networks(kind: str, module, opts: ExportOptions,
     s = opts.image_size or g.det_size
     n = g.volume_size
     if kind in RTPI_KINDS:
-        if s != g.det_size:
-            raise CheckpointError(f"{kind} needs {g.det_size}x{g.det_size} images")
+        s = g.det_size  # image_size is the encoders' input size; RTPI runs at the detector size
         pre = {"volume": _volume_pre(g), "image": _image_pre(g, s, {"kind": "min_max"})}
         extra = {"output_semantics": {
             "pose_unit": "relu6(fc)/6 in [0,1]", "pose": list(POSE_NAMES),
@@ -135,7 +138,8 @@ def plan_networks(kind: str, module, opts: ExportOptions,
             raise CheckpointError(f"2023-07 layout encoders only run at {module.encoderx.size} px")
         return [NetworkPlan("encoder_moving", "Fine_regnet.encoderx", "moving_encoder",
                             FeatureHead(module.encoderx), [("image", (1, 1, s, s))], outs,
-                            {"image": _image_pre(g, s, moving)}, {"layout": module.encoderx.layout}),
+                            {"image": _image_pre(g, s, moving)}, {"layout": module.encoderx.layout},
+                            dynamic_batch=MOVING_MAX_BATCH),
                 NetworkPlan("encoder_fixed", "Fine_regnet.encodery", "fixed_encoder",
                             FeatureHead(module.encodery), [("image", (1, 1, s, s))], outs,
                             {"image": _image_pre(g, s, {"kind": "min_max"})},
@@ -214,7 +218,7 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
                 "precision": "fp32", "producer": f"sopi-export {SOPI_VERSION}"}
         rel = f"{plan.name}.onnx"
         export_onnx(plan.module, example, [n for n, _ in plan.inputs], plan.outputs, out / rel,
-                    opset=opts.opset, metadata=meta)
+                    opset=opts.opset, metadata=meta, dynamic_batch=plan.dynamic_batch)
         onnx_files = {"fp32": rel}
         if opts.fp16:
             say(f"[{plan.name}] converting to FP16 (FP32 islands)")
@@ -232,7 +236,9 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
             say(f"[{plan.name}] {prec}: max rel error {rep.max_rel:.2e} "
                 f"({'ok' if rep.passed else 'ABOVE'} tolerance {tol:g})")
         model = onnx.load(str(out / rel), load_external_data=False)
-        outs = {o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
+        # manifest shapes are the batch-1 shapes; a symbolic batch axis is described by "dynamic_batch"
+        outs = {o.name: tuple(d.dim_value if d.HasField("dim_value") else 1
+                              for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
         for prec, f in onnx_files.items():
             files[f] = sha256_file(out / f)
         networks[plan.name] = {
@@ -243,6 +249,10 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
             "preprocessing": plan.preprocessing,
             "parity": {p: r.to_dict() for p, r in parity[plan.name].items()},
             "engines": [], **plan.extra}
+        if plan.dynamic_batch:
+            networks[plan.name]["dynamic_batch"] = {
+                "inputs": [n for n, _ in plan.inputs], "axis": 0, "max": plan.dynamic_batch,
+                "note": "inputs/outputs shapes above are at batch 1; axis 0 may be 1..max"}
         say(f"[{plan.name}] done in {time.perf_counter() - t0:.1f} s")
     manifest = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,

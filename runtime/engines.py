@@ -50,7 +50,8 @@ def engine_key(onnx_sha256: str, trt_version: str, gpu: GpuIdentity, precision: 
 def build_engine(onnx_path: Path, engine_path: Path, *, precision: str = "fp32",
                  workspace_mb: int = 4096, timing_cache: Path | None = None,
                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
-    """ONNX -> serialized engine with an optimisation profile (min = opt = max: static shapes)."""
+    """ONNX -> serialized engine with an optimisation profile (min = opt = max: static shapes;
+    a shape given as (min, opt, max) gives a dynamic-batch profile)."""
     from runtime.backends.tensorrt import import_tensorrt  # noqa: PLC0415
 
     trt = import_tensorrt()
@@ -68,7 +69,10 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str = "fp32",
     if input_shapes:
         profile = builder.create_optimization_profile()
         for name, shape in input_shapes.items():
-            profile.set_shape(name, shape, shape, shape)
+            if shape and isinstance(shape[0], (tuple, list)):  # (min, opt, max): dynamic batch
+                profile.set_shape(name, *(tuple(x) for x in shape))
+            else:
+                profile.set_shape(name, shape, shape, shape)
         config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
@@ -104,7 +108,13 @@ def build_engines(bundle_dir: str | Path, *, precisions: tuple[str, ...] | None 
     cache = root / "engines" / f"timing_trt{trt.__version__}_sm{gpu.compute_capability.replace('.', '')}.cache"
     records = []
     for name, net in bundle.networks.items():
-        shapes = {t.name: t.shape for t in net.inputs}
+        shapes: dict = {t.name: t.shape for t in net.inputs}
+        db = net.extra.get("dynamic_batch")
+        if isinstance(db, dict) and db.get("max"):  # the moving encoder: 1..max, tuned for 13 (learned stage)
+            mx = int(db["max"])
+            for n in db.get("inputs", list(shapes)):
+                s1 = tuple(shapes[n])
+                shapes[n] = ((1, *s1[1:]), (min(13, mx), *s1[1:]), (mx, *s1[1:]))
         for prec, rel in net.onnx.items():
             if precisions and prec not in precisions:
                 continue

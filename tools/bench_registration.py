@@ -13,6 +13,17 @@ simulation's scale).
 
 Success: mean reprojection distance of the mask voxels (true vs estimated pose, mm at the detector)
 < 1 mm. The detector is the Perlove PLX118F binned to 256x256 (0.8 mm pixels).
+
+Pipelines (``--bundle B [--bundle B2]``, ONNX Runtime, no PyTorch): three pipelines on the same
+frames — ``intensity`` (start: the prior pose), ``rtpi+intensity`` and ``rtpi+learned+intensity``
+(start: the RTPI output; RTPI runs once per frame, its time is added to both) — for three
+distributions of the true pose about the prior = the centre of the RTPI's output ranges:
+``sopi`` (rotation N(0, 6/sqrt3 deg), translation N(0, 15/sqrt3 mm) per axis about the anatomy),
+``double`` (twice that) and ``rtpi`` (SOPI pose uniform over the RTPI output ranges). Frames are
+not inverted (the networks take line-integral images, bone bright).
+
+    python tools/bench_registration.py --ct phantom --cases 30 --bundle runs/bundles/rtpi \
+        --bundle runs/bundles/encoders --out bench_out/pipelines
 """
 
 from __future__ import annotations
@@ -121,6 +132,124 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
     return summary
 
 
+PIPELINES = ("intensity", "rtpi+intensity", "rtpi+learned+intensity")
+DISTRIBUTIONS = ("sopi", "double", "rtpi")
+
+
+def _rtpi_prior(nets):
+    """(centre SOPI pose, lo, hi) of the RTPI's output ranges (fixed components: lo = hi)."""
+    rng_ = nets.rtpi_spec.extra.get("output_semantics", {}).get("ranges")
+    if not rng_:
+        raise SystemExit("the RTPI network's manifest has no output_semantics.ranges")
+    lo = np.array([r["fixed"] if r.get("fixed") is not None else r["lo"] for r in rng_], float)
+    hi = np.array([r["fixed"] if r.get("fixed") is not None else r["hi"] for r in rng_], float)
+    return 0.5 * (lo + hi), lo, hi
+
+
+def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: list[str],
+                  dists: tuple[str, ...] = DISTRIBUTIONS, budget_ms: float | None = None,
+                  options: dict | None = None, verbose: bool = True) -> dict:
+    """Success rate / time of the three pipelines under three start distributions (see docstring)."""
+    from runtime.learned import LearnedOptions
+    from runtime.sopi_params import sopi_to_T
+
+    vol = load_ct(ct)
+    intr = Intrinsics.perlove_plx118f(4)
+    options = options or {}
+    reg_i = Registrar(vol, intr, backend="cpu", budget_ms=budget_ms, **options)
+    reg_r = Registrar(vol, intr, bundle=bundles, backend="cpu", budget_ms=budget_ms,
+                      learned=LearnedOptions(learned_stage=False), **options)
+    reg_l = Registrar(vol, intr, bundle=bundles, backend="cpu", budget_ms=budget_ms, profile=True, **options)
+    if not reg_r._networks.has_init or not reg_l._networks.has_learned:
+        raise SystemExit("--bundle must provide an RTPI initialiser and the encoder pair")
+    for r in (reg_i, reg_r, reg_l):
+        r.warm_up()
+    nets = reg_r._networks
+    centre_pose, lo, hi = _rtpi_prior(nets)
+    T_prior = sopi_to_T(centre_pose, nets.rtpi_geometry, nets.rtpi_cube_affine)
+    pts = vol.mask_points(max_points=5000) if vol.mask is not None else reg_i.points_ct
+    rows = []
+    for dist in dists:
+        for i in range(cases):
+            rng = np.random.default_rng(seed + 7919 * DISTRIBUTIONS.index(dist) + i)
+            if dist == "rtpi":
+                Tt = sopi_to_T(lo + rng.random(6) * (hi - lo), nets.rtpi_geometry, nets.rtpi_cube_affine)
+            else:
+                k = 1.0 if dist == "sopi" else 2.0
+                Tt = perturb_pose(T_prior, reg_i.centre_ct, rng.normal(0, k * 6 / math.sqrt(3), 3),
+                                  rng.normal(0, k * 15 / math.sqrt(3), 3))
+            frame = synthesize_frame(vol, intr, Tt, rng=rng, i0=float(10 ** rng.uniform(math.log10(3e3), 4.5)),
+                                     gamma=float(rng.uniform(0.5, 2.0)), invert=False)
+            t0 = time.perf_counter()
+            res_i = reg_i.register(frame, init=T_prior)
+            t_i = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            res_r = reg_r.register(frame, init="network")
+            t_r = (time.perf_counter() - t0) * 1e3
+            init_ms = res_r.timings["stages"]["init"]
+            T_rtpi = res_r.initial_pose
+            t0 = time.perf_counter()
+            res_l = reg_l.register(frame, init=T_rtpi)
+            t_l = (time.perf_counter() - t0) * 1e3 + init_ms
+            T_learn = next((h["pose"] for h in reversed(res_l.history) if h["stage"] == "learned"
+                            and h["accepted"]), T_rtpi)
+            for name, res, t, Ts in (("intensity", res_i, t_i, T_prior), ("rtpi+intensity", res_r, t_r, T_rtpi),
+                                     ("rtpi+learned+intensity", res_l, t_l, T_rtpi)):
+                row = {"dist": dist, "case": i, "pipeline": name, "status": res.status, "time_ms": t,
+                       "stages": dict(res.timings["stages"]),
+                       "reproj0_mm": reprojection_distance_mm(Ts, Tt, pts, intr),
+                       "rot0_deg": rotation_error_deg(Ts, Tt), "trans0_mm": translation_error_mm(Ts, Tt, reg_i.centre_ct),
+                       "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr)}
+                if name == "rtpi+learned+intensity":
+                    row["reproj_learned_mm"] = reprojection_distance_mm(T_learn, Tt, pts, intr)
+                rows.append(row)
+            if verbose:
+                print(f"[{dist:6s} {i:3d}] " + "  ".join(
+                    f"{r['pipeline']}: {r['reproj0_mm']:6.1f} -> {r['reproj_mm']:7.2f} mm {r['time_ms']:6.0f} ms"
+                    for r in rows[-3:]) + f"  (learned alone -> {rows[-1]['reproj_learned_mm']:.1f} mm)",
+                    file=sys.stderr, flush=True)
+    table = []
+    for dist in dists:
+        for name in PIPELINES:
+            rr = [r for r in rows if r["dist"] == dist and r["pipeline"] == name]
+            if not rr:
+                continue
+            rep = np.array([r["reproj_mm"] for r in rr])
+            ent = {"dist": dist, "pipeline": name, "n": len(rr), "success_rate": float((rep < 1.0).mean()),
+                   "reproj_median_mm": float(np.median(rep)),
+                   "start_reproj_median_mm": float(np.median([r["reproj0_mm"] for r in rr])),
+                   "time_median_ms": float(np.median([r["time_ms"] for r in rr])),
+                   "time_p95_ms": float(np.percentile([r["time_ms"] for r in rr], 95))}
+            for st in ("init", "learned", "intensity"):
+                v = [r["stages"].get(st) for r in rr if r["stages"].get(st) is not None]
+                if v:
+                    ent[f"{st}_median_ms"] = float(np.median(v))
+            if name == "rtpi+learned+intensity":
+                ent["after_learned_reproj_median_mm"] = float(np.median([r["reproj_learned_mm"] for r in rr]))
+            table.append(ent)
+    summary = {"ct": ct, "cases": cases, "seed": seed, "bundles": [str(b) for b in bundles],
+               "prior_sopi_pose": centre_pose.tolist(), "budget_ms": budget_ms, "table": table,
+               "markdown": pipelines_markdown(table)}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{ct}_pipelines_cases.json").write_text(json.dumps(rows, indent=1, default=float))
+        (out / f"{ct}_pipelines_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def pipelines_markdown(table: list[dict]) -> str:
+    lines = ["| start distribution | pipeline | n | success (< 1 mm) | median start reproj (mm) | "
+             "median final reproj (mm) | median time (ms) | init / learned / intensity median (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        st = " / ".join(f"{e[k]:.0f}" if k in e else "-" for k in ("init_median_ms", "learned_median_ms",
+                                                                      "intensity_median_ms"))
+        lines.append(f"| {e['dist']} | {e['pipeline']} | {e['n']} | {100 * e['success_rate']:.0f} % | "
+                     f"{e['start_reproj_median_mm']:.1f} | {e['reproj_median_mm']:.2f} | "
+                     f"{e['time_median_ms']:.0f} | {st} |")
+    return "\n".join(lines)
+
+
 def summarise(rows: list[dict]) -> dict:
     rep = np.array([r["reproj_mm"] for r in rows])
     ok = rep < 1.0
@@ -190,12 +319,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option", action="append", default=[],
                     help="Registrar option as key=python-literal, e.g. similarity=('ncc','gc','gc')")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--bundle", action="append", default=[],
+                    help="bundle folder(s) with the RTPI and the encoder pair: run the three pipelines")
+    ap.add_argument("--dists", default=",".join(DISTRIBUTIONS),
+                    help="start distributions for --bundle: sopi, double, rtpi (comma-separated)")
     a = ap.parse_args(argv)
     import ast
     options = {}
     for o in a.option:
         k, v = o.split("=", 1)
         options[k] = ast.literal_eval(v)
+    if a.bundle:
+        s = run_pipelines(a.ct, a.cases, a.seed, a.out, a.bundle, tuple(a.dists.split(",")),
+                          a.budget_ms, options, not a.quiet)
+        print(s["markdown"])
+        return 0
     s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, a.domain, not a.quiet)
     print(json.dumps(s, indent=1))
     return 0

@@ -62,13 +62,22 @@ class TensorRTBackend:
                             if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
         self._shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in names}
+        # dynamic batch (the moving encoder): allocate for the profile's max shapes
+        self._dynamic = any(d < 0 for n in self.input_names for d in self._shapes[n])
+        alloc = dict(self._shapes)
+        if self._dynamic:
+            for n in self.input_names:
+                alloc[n] = tuple(self.engine.get_tensor_profile_shape(n, 0)[2])
+                self.context.set_input_shape(n, alloc[n])
+            for n in self.output_names:
+                alloc[n] = tuple(self.context.get_tensor_shape(n))
         if stream is None:
             err, stream = self._cudart.cudaStreamCreate()
             _check(err, "cudaStreamCreate")
         self.stream = int(stream)
         self._dev: dict[str, int] = {}
-        for n in names:  # static shapes: allocate once
-            nbytes = int(np.prod(self._shapes[n])) * 4
+        for n in names:  # allocate once (static shapes, or the profile's max)
+            nbytes = int(np.prod(alloc[n])) * 4
             err, ptr = self._cudart.cudaMalloc(nbytes)
             _check(err, "cudaMalloc")
             self._dev[n] = int(ptr)
@@ -90,7 +99,9 @@ class TensorRTBackend:
         h2d, d2h = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for n in self.input_names:
             a = np.ascontiguousarray(feeds[n], dtype=np.float32)
-            if a.shape != self._shapes[n]:
+            if self._dynamic:
+                self.context.set_input_shape(n, a.shape)
+            elif a.shape != self._shapes[n]:
                 raise ValueError(f"{self.path.name}: input {n!r} has shape {a.shape}, "
                                  f"expected {self._shapes[n]}")
             _check(cu.cudaMemcpyAsync(self._dev[n], a.ctypes.data, a.nbytes, h2d, self.stream),
@@ -99,7 +110,8 @@ class TensorRTBackend:
         self.run_device({n: self._dev[n] for n in self.input_names})
         res = {}
         for n in self.output_names:
-            out = np.empty(self._shapes[n], np.float32)
+            out = np.empty(tuple(self.context.get_tensor_shape(n)) if self._dynamic else self._shapes[n],
+                           np.float32)
             _check(cu.cudaMemcpyAsync(out.ctypes.data, self._dev[n], out.nbytes, d2h, self.stream),
                    "cudaMemcpyAsync")
             res[n] = out
