@@ -201,6 +201,7 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
                        "rot0_deg": rotation_error_deg(Ts, Tt), "trans0_mm": translation_error_mm(Ts, Tt, reg_i.centre_ct),
                        "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr)}
                 if name == "rtpi+learned+intensity":
+                    row["stages"]["init"] = init_ms  # RTPI ran once, in the rtpi+intensity call
                     row["reproj_learned_mm"] = reprojection_distance_mm(T_learn, Tt, pts, intr)
                 rows.append(row)
             if verbose:
