@@ -46,6 +46,8 @@ from runtime.metrics import (mean_tre_mm, reprojection_distance_mm, rotation_err
 from runtime.registrar import Registrar  # noqa: E402
 from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_frame  # noqa: E402
 
+DIFFDRR_PYTHON = "/tmp/bench_diffdrr/bin/python"
+
 
 def load_ct(name: str):
     if name == "phantom":
@@ -76,25 +78,39 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(gt / (len(pos) * len(neg)))
 
 
-def make_case(vol, intr, centre, seed: int, domain: str = "log"):
+def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer=None):
+    """(true pose, frame, start pose) of case ``seed``. ``target_renderer(T) -> (H, W) line integrals``
+    replaces our supersampled render (same random draws: same poses, noise level, gamma, inversion)."""
     rng = np.random.default_rng(seed)
     Tt = random_near_ap_pose(rng, centre)
+    L = None if target_renderer is None else target_renderer(Tt)
     frame = synthesize_frame(vol, intr, Tt, rng=rng, i0=float(10 ** rng.uniform(math.log10(3e3), math.log10(3e4))),
-                             gamma=float(rng.uniform(0.5, 2.0)), invert=bool(rng.random() < 0.5), domain=domain)
+                             gamma=float(rng.uniform(0.5, 2.0)), invert=bool(rng.random() < 0.5), domain=domain,
+                             line_integrals=L)
     T0 = perturb_pose(Tt, centre, rng.normal(0, 6 / math.sqrt(3), 3), rng.normal(0, 15 / math.sqrt(3), 3))
     return Tt, frame, T0
 
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
-        domain: str, verbose: bool = True) -> dict:
+        domain: str, verbose: bool = True, target_renderer: str = "ours",
+        diffdrr_python: str = DIFFDRR_PYTHON, binning: int = 4) -> dict:
     vol = load_ct(ct)
-    intr = Intrinsics.perlove_plx118f(4)
+    intr = Intrinsics.perlove_plx118f(binning)
     reg = Registrar(vol, intr, backend="cpu", budget_ms=budget_ms, profile=True, **options)
     warm_ms = reg.warm_up()
     pts = vol.mask_points(max_points=5000) if vol.mask is not None else reg.points_ct
+    worker, render_target, check = None, None, None
+    if target_renderer != "ours":
+        worker = DiffDRRWorker(vol, diffdrr_python)
+        check = worker.convention_check(Intrinsics.perlove_plx118f(4), random_near_ap_pose(
+            np.random.default_rng(seed), reg.centre_ct))
+        print(f"[{ct}] DiffDRR vs ours at case {seed}'s pose: {json.dumps(check)}", file=sys.stderr, flush=True)
+        render_target = lambda T: worker.render(T, intr, target_renderer.split("-", 1)[1])  # noqa: E731
     rows = []
     for i in range(cases):
-        Tt, frame, T0 = make_case(vol, intr, reg.centre_ct, seed + i, domain)
+        t_target = time.perf_counter()
+        Tt, frame, T0 = make_case(vol, intr, reg.centre_ct, seed + i, domain, render_target)
+        t_target = (time.perf_counter() - t_target) * 1e3
         t0 = time.perf_counter()
         res = reg.register(frame, init=T0)
         wall = (time.perf_counter() - t0) * 1e3
@@ -112,24 +128,195 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
             "similarity": res.similarity, "confidence": res.confidence.score,
             "accepted": res.confidence.accepted and res.status != "diverged",
             "pred_mm": res.confidence.predicted_reprojection_mm,
-            "gamma": frame.gamma, "inverted": frame.inverted, "i0": frame.i0,
+            "gamma": frame.gamma, "inverted": frame.inverted, "i0": frame.i0, "target_ms": t_target,
         }
         rows.append(row)
         if verbose:
             print(f"[{ct} {i:3d}] {row['status']:15s} it {row['iterations']:2d} reproj {row['reproj0_mm']:6.2f} -> "
                   f"{row['reproj_mm']:7.3f} mm  {wall:6.0f} ms  sim {row['similarity']:.3f} conf {row['confidence']:.2f}",
                   file=sys.stderr, flush=True)
+    if worker is not None:
+        worker.close()
     summary = summarise(rows)
     summary.update({"ct": ct, "cases": cases, "seed": seed, "warm_up_ms": warm_ms, "domain": domain,
                     "budget_ms": budget_ms, "options": {k: str(v) for k, v in options.items()},
                     "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
-                    "detector": "Perlove PLX118F binned 4 (256x256, 0.798 mm)"})
+                    "detector": f"Perlove PLX118F binned {binning} ({intr.width}x{intr.height}, {intr.du_mm:.3f} mm)",
+                    "target_renderer": target_renderer, "convention_check": check,
+                    "target_ms_median": float(np.median([r["target_ms"] for r in rows]))})
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{ct}_cases.json").write_text(json.dumps(rows, indent=1))
-        (out / f"{ct}_summary.json").write_text(json.dumps(summary, indent=1))
-        plot(rows, out / f"{ct}_errors.png", ct)
+        tag = ct if target_renderer == "ours" else f"{ct}_{target_renderer}"
+        (out / f"{tag}_cases.json").write_text(json.dumps(rows, indent=1))
+        (out / f"{tag}_summary.json").write_text(json.dumps(summary, indent=1))
+        plot(rows, out / f"{tag}_errors.png", tag)
     return summary
+
+
+# ----------------------------------------------------------------------------- DiffDRR (separate venv)
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # DiffDRR camera (reverse_x_axis) = ours rotated 180 deg about z
+
+
+class DiffDRRWorker:
+    """DiffDRR 0.6.1 in its own venv (CPU torch), driven through `tools/diffdrr_worker.py`.
+
+    The worker gets our volume (attenuation per mm, no HU conversion) with its world origin moved to
+    the volume centre (DiffDRR's ``center_volume``: its Euler-angle poses rotate about the world
+    origin); poses are converted here: DiffDRR pose (camera-to-world) = inv(T_cam_from_ct @ C) @ F,
+    C = translation by the volume centre, F = diag(-1, -1, 1) (see the worker's docstring)."""
+
+    def __init__(self, vol, python: str = DIFFDRR_PYTHON, threads: int = 2):
+        import subprocess
+        import tempfile
+        self.tmp = Path(tempfile.mkdtemp(prefix="sopi_diffdrr_"))
+        self._vol = vol
+        self.C = np.eye(4)
+        self.C[:3, 3] = vol.centre
+        A = np.array(vol.affine, float)
+        A[:3, 3] -= vol.centre
+        np.savez(self.tmp / "volume.npz", density=np.ascontiguousarray(vol.data.transpose(2, 1, 0), np.float32),
+                 affine=A)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.pop("PYTHONPATH", None)
+        self.p = subprocess.Popen([python, str(Path(__file__).resolve().parent / "diffdrr_worker.py")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(self.tmp))
+        self.info = json.loads(self.p.stdout.readline())
+        self.ask({"cmd": "volume", "path": str(self.tmp / "volume.npz")})
+
+    def ask(self, req: dict) -> dict:
+        self.p.stdin.write(json.dumps(req) + "\n")
+        self.p.stdin.flush()
+        out = json.loads(self.p.stdout.readline())
+        if "error" in out:
+            raise RuntimeError(f"DiffDRR worker: {out['error']}\n{out.get('trace', '')}")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.p.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.p.stdin.flush()
+            self.p.wait(timeout=30)
+        except Exception:
+            self.p.kill()
+
+    @staticmethod
+    def intr_dict(intr) -> dict:
+        return {"sdd": intr.sdd_mm, "du": intr.du_mm, "dv": intr.dv_mm, "width": intr.width,
+                "height": intr.height, "cx": intr.cx, "cy": intr.cy}
+
+    def to_diffdrr(self, T: np.ndarray) -> np.ndarray:
+        return np.linalg.inv(np.asarray(T, float) @ self.C) @ _FLIP
+
+    def from_diffdrr(self, P: np.ndarray) -> np.ndarray:
+        return _FLIP @ np.linalg.inv(np.asarray(P, float)) @ np.linalg.inv(self.C)
+
+    def render(self, T, intr, renderer: str = "siddon", rays: bool = False):
+        out = self.tmp / "render.npy"
+        req = {"cmd": "render", "pose": self.to_diffdrr(T).tolist(), "intr": self.intr_dict(intr),
+               "renderer": renderer, "out": str(out)}
+        if rays:
+            req["rays"] = str(self.tmp / "rays.npz")
+        self.last_ms = self.ask(req)["ms"]
+        return np.load(out)
+
+    def register(self, frame, T0, iterations: int, lr_rot: float, lr_trans: float, renderer: str = "siddon"):
+        np.save(self.tmp / "target.npy", np.asarray(frame.image, np.float32))
+        np.save(self.tmp / "valid.npy", np.asarray(frame.valid, bool))
+        r = self.ask({"cmd": "register", "pose0": self.to_diffdrr(T0).tolist(),
+                      "intr": self.intr_dict(frame.intrinsics), "target": str(self.tmp / "target.npy"),
+                      "valid": str(self.tmp / "valid.npy"), "iterations": iterations, "lr_rot": lr_rot,
+                      "lr_trans": lr_trans, "renderer": renderer})
+        r["pose"] = self.from_diffdrr(np.array(r["pose"]))
+        return r
+
+    def convention_check(self, intr, T) -> dict:
+        """DiffDRR's rays and Siddon DRR vs our camera model and projector at one pose."""
+        from runtime.projector import Projector
+        sid = self.render(T, intr, "siddon", rays=True)
+        rays = np.load(self.tmp / "rays.npz")
+        src_w = rays["source"].reshape(3) + self.C[:3, 3]
+        tgt_w = rays["target"].reshape(-1, 3) + self.C[:3, 3]
+        Tinv = np.linalg.inv(T)
+        v, u = np.mgrid[0:intr.height, 0:intr.width]
+        cam = np.stack([(u - intr.cx) * intr.du_mm, (v - intr.cy) * intr.dv_mm,
+                        np.full(u.shape, intr.sdd_mm)], -1).reshape(-1, 3)
+        ours_pts = cam @ Tinv[:3, :3].T + Tinv[:3, 3]
+        ours_src = Tinv[:3, 3]
+        res = {"source_mm": float(np.linalg.norm(src_w - ours_src)),
+               "detector_points_max_mm": float(np.abs(tgt_w - ours_pts).max()),
+               "siddon_ms": self.last_ms}
+        proj = Projector(self._vol, intr, backend="cpu", mask=False)
+        img = proj.render(T, jacobian=False, mask=False).image.astype(np.float64)
+        res["rel_l2_ours_registrar_step_vs_siddon"] = float(np.linalg.norm(img - sid) / np.linalg.norm(sid))
+        res["registrar_step_mm"] = float(proj.step_mm)
+        from runtime.synthetic import synthesize_frame as _sf
+        fr = _sf(self._vol, intr, T, i0=float("inf"), collimator=None)
+        res["rel_l2_ours_supersampled_2x2_step0.6_vs_siddon"] = float(
+            np.linalg.norm(fr.line_integrals - sid) / np.linalg.norm(sid))
+        res["siddon_max"] = float(sid.max())
+        return res
+
+
+def run_compare_diffdrr(ct: str, cases: int, seed: int, out: Path | None, options: dict, binning: int = 8,
+                        iterations: int = 100, lr_rot: float = 1e-2, lr_trans: float = 1.0,
+                        diffdrr_python: str = DIFFDRR_PYTHON, renderer: str = "siddon",
+                        verbose: bool = True) -> dict:
+    """Ours vs DiffDRR's gradient registration (Adam + NCC, fixed iterations) on the same cases:
+    Siddon targets at Perlove binned ``binning``, the same starts; the methods alternate which runs
+    first (A B, B A, ...), one at a time."""
+    vol = load_ct(ct)
+    intr = Intrinsics.perlove_plx118f(binning)
+    reg = Registrar(vol, intr, backend="cpu", profile=True, **options)
+    reg.warm_up()
+    pts = vol.mask_points(max_points=5000) if vol.mask is not None else reg.points_ct
+    worker = DiffDRRWorker(vol, diffdrr_python)
+    rows = []
+    for i in range(cases):
+        Tt, frame, T0 = make_case(vol, intr, reg.centre_ct, seed + i, "log",
+                                  lambda T: worker.render(T, intr, "siddon"))
+        if i == 0:  # warm DiffDRR's autograd path (not timed)
+            worker.register(frame, T0, 2, lr_rot, lr_trans, renderer)
+        res = {}
+        for m in (("ours", "diffdrr") if i % 2 == 0 else ("diffdrr", "ours")):
+            if m == "ours":
+                t0 = time.perf_counter()
+                r = reg.register(frame, init=T0)
+                res[m] = (r.pose, (time.perf_counter() - t0) * 1e3, {"status": r.status})
+            else:
+                t0 = time.perf_counter()
+                r = worker.register(frame, T0, iterations, lr_rot, lr_trans, renderer)
+                res[m] = (r["pose"], (time.perf_counter() - t0) * 1e3,
+                          {"loop_ms": r["ms"], "final_ncc": -r["final_loss"], "polarity": r["polarity"],
+                           "loss_10": r["losses"][9] if len(r["losses"]) > 9 else None})
+        row = {"case": i, "seed": seed + i, "inverted": frame.inverted, "gamma": frame.gamma, "i0": frame.i0,
+               "reproj0_mm": reprojection_distance_mm(T0, Tt, pts, intr),
+               "rot0_deg": rotation_error_deg(T0, Tt), "trans0_mm": translation_error_mm(T0, Tt, reg.centre_ct)}
+        for m, (P, ms, extra) in res.items():
+            row[m] = {"time_ms": ms, "reproj_mm": reprojection_distance_mm(P, Tt, pts, intr),
+                      "tre_mm": mean_tre_mm(P, Tt, pts), "rot_deg": rotation_error_deg(P, Tt),
+                      "trans_mm": translation_error_mm(P, Tt, reg.centre_ct), **extra}
+        rows.append(row)
+        if verbose:
+            print(f"[{ct} {i:2d}] start {row['reproj0_mm']:6.2f} mm | ours {row['ours']['reproj_mm']:8.3f} mm "
+                  f"{row['ours']['time_ms']:6.0f} ms | diffdrr {row['diffdrr']['reproj_mm']:8.3f} mm "
+                  f"{row['diffdrr']['time_ms']:7.0f} ms", file=sys.stderr, flush=True)
+    worker.close()
+    summ = {"ct": ct, "cases": cases, "seed": seed, "binning": binning, "detector": f"{intr.width}x{intr.height}",
+            "iterations": iterations, "lr_rot": lr_rot, "lr_trans": lr_trans, "renderer": renderer,
+            "diffdrr_worker": worker.info}
+    for m in ("ours", "diffdrr"):
+        rep = np.array([r[m]["reproj_mm"] for r in rows])
+        summ[m] = {"success_rate": float((rep < 1).mean()), "reproj_median_mm": float(np.median(rep)),
+                   "reproj_max_mm": float(rep.max()),
+                   "tre_median_mm": float(np.median([r[m]["tre_mm"] for r in rows])),
+                   "time_median_ms": float(np.median([r[m]["time_ms"] for r in rows]))}
+    summ["time_ratio_median"] = float(np.median([r["diffdrr"]["time_ms"] / r["ours"]["time_ms"] for r in rows]))
+    summ["reproj0_median_mm"] = float(np.median([r["reproj0_mm"] for r in rows]))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{ct}_vs_diffdrr_cases.json").write_text(json.dumps(rows, indent=1, default=float))
+        (out / f"{ct}_vs_diffdrr_summary.json").write_text(json.dumps(summ, indent=1, default=float))
+    return summ
 
 
 PIPELINES = ("intensity", "rtpi+intensity", "rtpi+learned+intensity")
@@ -324,6 +511,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="bundle folder(s) with the RTPI and the encoder pair: run the three pipelines")
     ap.add_argument("--dists", default=",".join(DISTRIBUTIONS),
                     help="start distributions for --bundle: sopi, double, rtpi (comma-separated)")
+    ap.add_argument("--target-renderer", default="ours", choices=["ours", "diffdrr-siddon", "diffdrr-trilinear"],
+                    help="renderer of the targets' line integrals: ours (2x2 supersampled, 0.6-voxel step) "
+                         "or DiffDRR 0.6.1's (separate venv, --diffdrr-python)")
+    ap.add_argument("--diffdrr-python", default=DIFFDRR_PYTHON)
+    ap.add_argument("--binning", type=int, default=4, help="Perlove PLX118F binning (4: 256^2, 8: 128^2)")
+    ap.add_argument("--compare-diffdrr", action="store_true",
+                    help="ours vs DiffDRR's Adam + NCC on the same Siddon-target cases (use --binning 8)")
+    ap.add_argument("--iterations", type=int, default=100, help="--compare-diffdrr: Adam iterations")
+    ap.add_argument("--lr-rot", type=float, default=1e-2, help="--compare-diffdrr: Adam lr, rotation (rad)")
+    ap.add_argument("--lr-trans", type=float, default=1.0, help="--compare-diffdrr: Adam lr, translation (mm)")
     a = ap.parse_args(argv)
     import ast
     options = {}
@@ -335,7 +532,13 @@ def main(argv: list[str] | None = None) -> int:
                           a.budget_ms, options, not a.quiet)
         print(s["markdown"])
         return 0
-    s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, a.domain, not a.quiet)
+    if a.compare_diffdrr:
+        s = run_compare_diffdrr(a.ct, a.cases, a.seed, a.out, options, a.binning, a.iterations, a.lr_rot,
+                                a.lr_trans, a.diffdrr_python, verbose=not a.quiet)
+        print(json.dumps(s, indent=1, default=float))
+        return 0
+    s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, a.domain, not a.quiet, a.target_renderer,
+            a.diffdrr_python, a.binning)
     print(json.dumps(s, indent=1))
     return 0
 
