@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 __all__ = ["render_cpu", "padded_with_margin", "PARAMS_SIZE", "MARGIN_SLABS"]
@@ -42,6 +43,10 @@ PARAMS_SIZE = 24
 
 MARGIN_SLABS = 2
 # zero slabs of (nj+2)*(ni+2) floats before and after the padded volume in the flat buffer
+
+
+SERIAL_MAX_RAYS = 64 * 64
+"""Renders with at most this many rays run single-threaded (see `render_cpu`)."""
 
 
 def _margin(padded_shape) -> int:
@@ -310,9 +315,18 @@ def render_cpu(vol_padded: np.ndarray, dirs: np.ndarray, roi: tuple[int, int, in
     v0, v1, u0, u1 = roi
     nv, nu = v1 - v0, u1 - u0
     img = np.empty((nv, nu), dtype=np.float32)
-    if jacobian:
-        jac = np.empty((6, nv, nu), dtype=np.float32)
-        _render_jac(buf, nip - 2, njp - 2, nkp - 2, dirs, v0, nv, u0, nu, params, img, jac)
-        return img, jac
-    _render_img(buf, nip - 2, njp - 2, nkp - 2, dirs, v0, nv, u0, nu, params, img)
-    return img, None
+    jac = np.empty((6, nv, nu), dtype=np.float32) if jacobian else None
+    # small renders (coarse levels, the global search) run on the calling thread: waking the
+    # worker threads costs more than the work, up to a scheduler tick (~4 ms) on a busy machine
+    threads = numba.get_num_threads()
+    if nv * nu <= SERIAL_MAX_RAYS and threads > 1:
+        numba.set_num_threads(1)
+    try:
+        if jac is not None:
+            _render_jac(buf, nip - 2, njp - 2, nkp - 2, dirs, v0, nv, u0, nu, params, img, jac)
+        else:
+            _render_img(buf, nip - 2, njp - 2, nkp - 2, dirs, v0, nv, u0, nu, params, img)
+    finally:
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
+    return img, jac
