@@ -6,7 +6,6 @@ Upstream: torch.save({'epoch', 'state_dict', 'optimizer'}) of a DataParallel-wra
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from models.encoder import CompositeEncoder, FineRegNet
 from models.errors import CheckpointError
 from models.rtpi import RTPI_KINDS, RTPINet
 from models.rtpi_ps import PS_KIND, PatientRTPINet
+from runtime.bundle import sha256_file
 
 SOPI_FORMAT = "sopi-checkpoint"
 SOPI_FORMAT_VERSION = 1
@@ -34,14 +34,6 @@ class LoadedCheckpoint:
 
     def __iter__(self):
         return iter((self.kind, self.module, self.metadata))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> tuple[dict, bool]:
