@@ -491,6 +491,22 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
         i0=i0_used, intrinsics_source=k_source, undistorted=undistorted, warnings=warns, tags=tags)
 
 
+def _open_for_frames(src: Any, calibration: Any) -> tuple[Any, Any, str | None, int]:
+    """(loaded calibration or None, dataset, path, number of frames); checks the pixel data."""
+    if calibration is not None and not hasattr(calibration, "intrinsics"):
+        from calib.calibration import load_calibration
+
+        calibration = load_calibration(calibration)
+    ds, path = open_dataset(src)
+    try:
+        _check_pixels(ds, path or "<dataset>")
+        return calibration, ds, path, _n_frames(ds)
+    except CalibError:
+        raise
+    except Exception as exc:  # malformed content: never a bare pydicom exception
+        raise DicomReadError(f"{path or '<dataset>'}: malformed object ({type(exc).__name__}: {exc})") from None
+
+
 def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intrinsics | None = None,
                 calibration: Any = None, *, i0: float | None = None,
                 log_scale: float | None = None) -> FluoroFrame:
@@ -502,15 +518,9 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
     units per natural-log unit for LOG data. Raises `DicomReadError`, `DicomIntensityError`,
     `DicomGeometryError`; never a bare pydicom exception.
     """
-    if calibration is not None and not hasattr(calibration, "intrinsics"):
-        from calib.calibration import load_calibration
-
-        calibration = load_calibration(calibration)
-    ds, path = open_dataset(path_or_dataset)
+    calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration)
     name = path or "<dataset>"
     try:
-        _check_pixels(ds, name)
-        n = _n_frames(ds)
         idx = 0 if frame is None else frame
         if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
             raise DicomReadError(f"frame index must be an integer, got {frame!r}")
@@ -543,15 +553,9 @@ def iter_fluoro(path_or_dataset: Any, intrinsics: Intrinsics | None = None, cali
     """
     from pydicom.pixels import iter_pixels
 
-    if calibration is not None and not hasattr(calibration, "intrinsics"):
-        from calib.calibration import load_calibration
-
-        calibration = load_calibration(calibration)
-    ds, path = open_dataset(path_or_dataset)
+    calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration)
     name = path or "<dataset>"
     try:
-        _check_pixels(ds, name)
-        n = _n_frames(ds)
         indices = list(range(n)) if frames is None else [int(i) for i in frames]
         for i in indices:
             if not 0 <= i < n:
