@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from runtime.errors import PoseError
+from runtime.pose import euler_to_matrix
 
 NATIVE_PIXEL_MM = 0.19959  # upstream native detector pixel
 NATIVE_FOCAL_PX = 5069.9  # upstream focal length in native pixels
@@ -108,21 +109,6 @@ class SopiGeometry:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
-def _rx(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _ry(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def _rz(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
 def pose_to_rtvec(pose: np.ndarray, norm_factor_mm: float) -> np.ndarray:
     """SOPI pose (deg, mm) -> upstream rtvec (rad, normalised)."""
     p = np.asarray(pose, float)
@@ -141,7 +127,7 @@ def rtvec_to_pose(rtvec: np.ndarray, norm_factor_mm: float) -> np.ndarray:
 
 def rtvec_rotation(rtvec: np.ndarray) -> np.ndarray:
     """R = Rz(a2) Ry(a1) Rx(a0) (upstream set_matrix)."""
-    return _rz(rtvec[2]) @ _ry(rtvec[1]) @ _rx(rtvec[0])
+    return euler_to_matrix([rtvec[2], rtvec[1], rtvec[0]], "zyx", degrees=False)
 
 
 def _cube_frame(geom: SopiGeometry, cube_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
