@@ -66,6 +66,8 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     if "volume_code" in keys:  # patient-specific RTPI (models/rtpi_ps.py)
         lo, span = state.get("range_lo"), state.get("range_span")
         opts: dict[str, Any] = {"image_size": int(state["volume_code"].shape[-1]) * 4}
+        if "block2d1.conv1.weight" in keys:
+            opts["width"] = int(state["block2d1.conv1.weight"].shape[0])
         if lo is not None and span is not None:
             opts["ranges"] = [[float(a), float(a + s)] for a, s in zip(lo.tolist(), span.tolist())]
         return PS_KIND, opts
@@ -85,7 +87,7 @@ def build(kind: str, **opts: Any) -> nn.Module:
     if kind in RTPI_KINDS:
         return RTPINet(kind, flag=opts.get("flag", -1))
     if kind == PS_KIND:
-        kw = {k: opts[k] for k in ("image_size", "ranges") if k in opts}
+        kw = {k: opts[k] for k in ("image_size", "ranges", "width") if k in opts}
         return PatientRTPINet(**kw)
     if kind == "Fine_regnet":
         return FineRegNet(opts.get("layout", "head"), opts.get("size", 256))
@@ -169,7 +171,7 @@ def save_checkpoint(path: str | Path, module: nn.Module, kind: str,
     if isinstance(module, RTPINet):
         opts["flag"] = module.flag
     elif isinstance(module, PatientRTPINet):
-        opts.update(image_size=module.image_size, ranges=module.range_list())
+        opts.update(image_size=module.image_size, ranges=module.range_list(), width=module.width)
     elif isinstance(module, FineRegNet):
         opts.update(layout=module.encoderx.layout, size=module.encoderx.size)
     elif isinstance(module, CompositeEncoder):

@@ -6,8 +6,11 @@ variant replaces it by a learned constant `volume_code` [1, 32, S/4, S/4] (train
 2-D branch and the head) and keeps everything else as RTPInet_v1 (2-D conv blocks, three
 conv-ReLU-Bottleneck-maxpool stages "localization", fc1-ReLU-fc2, relu6/6 -> output ranges).
 It runs on one input, the fixed image [B,1,S,S] (min-max, network orientation), at any S that is a
-multiple of 32 (128 in the CPU configuration), and returns the SOPI 6-vector like the others, so
+multiple of 32, and returns the SOPI 6-vector like the others, so
 `runtime.sopi_params.sopi_to_T` applies (with the cube affine the training recorded).
+
+`width` is the first 2-D block's channel count (upstream 64). The CPU configuration uses 32: at 64^2
+and batch 32 a training step costs 0.17 s instead of 0.63 s on 2 cores (docs/training.md).
 
 Output ranges live in persistent buffers (`range_lo`, `range_span`), so a bare state dict carries
 them; the network is recognised from the `volume_code` key.
@@ -36,18 +39,21 @@ class PatientRTPINet(nn.Module):
     kind = PS_KIND
 
     def __init__(self, image_size: int = 128,
-                 ranges: Sequence[Sequence[float]] = PS_DEFAULT_RANGES) -> None:
+                 ranges: Sequence[Sequence[float]] = PS_DEFAULT_RANGES, width: int = 64) -> None:
         super().__init__()
         if image_size % 32 or image_size < 32:
             raise ValueError(f"RTPInet_ps needs an image size that is a multiple of 32, got {image_size}")
         if len(ranges) != 6 or any(float(hi) <= float(lo) for lo, hi in ranges):
             raise ValueError(f"RTPInet_ps needs 6 (lo, hi) ranges with hi > lo, got {ranges}")
+        if int(width) < 1:
+            raise ValueError(f"RTPInet_ps needs a positive width, got {width}")
         self.image_size = int(image_size)
+        self.width = int(width)  # channels of the first 2-D block (upstream: 64)
         q = self.image_size // 4
         self.volume_code = nn.Parameter(torch.zeros(1, 32, q, q))
         # the constant the 3-D branch would produce for the one CT; learned
-        self.block2d1 = Conv2dBlock(1, 64)
-        self.block2d2 = Conv2dBlock(64, 32)
+        self.block2d1 = Conv2dBlock(1, self.width)
+        self.block2d2 = Conv2dBlock(self.width, 32)
         layers: list[nn.Module] = []
         for cin, cout in ((64, 32), (32, 16), (16, 8)):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), Bottleneck(cout), nn.MaxPool2d(2)]

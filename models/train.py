@@ -62,6 +62,9 @@ class TrainConfig:
     network: str = "rtpi"  # "rtpi" | "encoders"
     preset: str = "cpu"  # name of the preset this came from
     rtpi_kind: str = PS_KIND  # RTPInet_ps (one CT, no 3-D branch) or RTPInet_v1 (paper, 128^3)
+    rtpi_width: int = 64  # RTPInet_ps: channels of the first 2-D block (upstream 64)
+    target_renderer: str = "upstream"  # "runtime": runtime.Projector in the network camera (models/simulate.py)
+    supersample: int = 2  # runtime renderer: rays per pixel side, averaged (the runtime bins frames)
     volume_size: int = 64  # network cube N (voxels per side)
     det_size: int = 128  # detector pixels per side (covers the native 204 mm detector)
     batch: int = 16
@@ -119,6 +122,8 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
     """
     if network not in ("rtpi", "encoders"):
         raise ValueError(f"network must be 'rtpi' or 'encoders', got {network!r}")
+    if overrides.get("target_renderer", "upstream") not in ("upstream", "runtime"):
+        raise ValueError(f"target_renderer must be 'upstream' or 'runtime', got {overrides['target_renderer']!r}")
     if config not in ("cpu", "paper", "tiny"):
         raise ValueError(f"config must be 'cpu' or 'paper', got {config!r}")
     base: dict[str, Any] = {"network": network, "preset": config}
@@ -127,8 +132,10 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
         if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
             base.update(det_size=64, batch=2, lr=1e-4, weight_decay=0.0, pool_size=32,
                         refresh_per_step=1, warmup_steps=10, lr_half_life_steps=2000, n_eval=32)
-        else:  # 64^2 as well: 128^2 ran at ~10 s/step on the shared 2 cores (docs)
-            base.update(det_size=64, pool_size=128, sim_size=32)
+        else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
+            base.update(det_size=64, batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
+                        sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,
+                        target_renderer="runtime")
     elif config == "paper":
         base.update(volume_size=128, det_size=256, checkpoint_minutes=5.0, threads=0,
                     rows_per_chunk=64)
@@ -159,6 +166,8 @@ class PatientData:
     hu4: torch.Tensor  # [1,4,N,N,N] HU inside the mask (0 outside) + gradient (moving DRR)
     source: str = ""  # description of the CT (file name or "phantom")
     has_mask: bool = False
+    volume: Any = None  # the CT as a runtime.Volume (right-handed), for the runtime renderer
+    renderers: dict = field(default_factory=dict, repr=False)  # TargetRenderer per image size
 
     @classmethod
     def from_volume(cls, volume, cfg: TrainConfig, source: str = "") -> "PatientData":
@@ -191,7 +200,7 @@ class PatientData:
         hu_t = torch.from_numpy(hu.astype(np.float32))[None, None]
         # the cube affine maps index (n-1)/2 to the CT centre, while sopi's cube puts N/2 there;
         # both are just "the affine of the tensor the network saw", which is what sopi_to_T needs
-        return cls(geom, cube.affine.copy(), mu_t, gradient_channels(hu_t), source, has_mask)
+        return cls(geom, cube.affine.copy(), mu_t, gradient_channels(hu_t), source, has_mask, volume)
 
     def metadata(self) -> dict:
         return {"geometry": self.geometry.to_dict(), "cube_affine": self.cube_affine.tolist(),
@@ -210,6 +219,14 @@ def sample_poses(n: int, cfg: TrainConfig, gen: torch.Generator,
 def render_target(data: PatientData, pose: torch.Tensor, cfg: TrainConfig,
                   det_size: int | None = None) -> torch.Tensor:
     """Clean fixed images [n,1,S,S]: min-max DRR of mu (X-ray line-integral domain)."""
+    if cfg.target_renderer == "runtime":
+        size = int(det_size or data.geometry.det_size)
+        if size not in data.renderers:
+            from models.simulate import TargetRenderer
+
+            data.renderers[size] = TargetRenderer(data.volume, data.geometry, data.cube_affine,
+                                                  size, cfg.supersample)
+        return torch.from_numpy(data.renderers[size].targets(pose.numpy()))
     geom = data.geometry
     if det_size is not None and det_size != geom.det_size:
         geom = dataclasses.replace(geom, det_size=int(det_size),
@@ -235,6 +252,53 @@ def render_moving(data: PatientData, pose: torch.Tensor, cfg: TrainConfig, det_s
         ims.append(im)
         jas.append(ja)
     return torch.cat(ims), torch.cat(jas)
+
+
+def _level_sizes(data: PatientData, cfg: TrainConfig) -> dict[str, tuple[int, int]]:
+    """(h, w) of the encoder's p3/p4/p5 maps at the detector size (one dry forward, cached)."""
+    key = ("levels", cfg.det_size)
+    if key not in data.renderers:
+        with torch.no_grad():
+            _, p3, p4, p5 = FineRegNet("head", cfg.det_size).encoderx(torch.zeros(1, 1, cfg.det_size, cfg.det_size))
+        data.renderers[key] = {k: tuple(v.shape[-2:]) for k, v in zip(("p3", "p4", "p5"), (p3, p4, p5))}
+    return data.renderers[key]
+
+
+def render_encoder_inputs(data: PatientData, pose: torch.Tensor, init: torch.Tensor,
+                          cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Moving inputs at `init` with their pose Jacobian and the reference gradient h (away from
+    `pose`, the truth). Runtime renderer: x, tangents and level masks exactly as the learned stage
+    forms them (models.simulate.MovingRenderer), h = -descent_step; upstream: rtvec Jacobian,
+    h = geodesic_gradient, no masks."""
+    if cfg.target_renderer != "runtime":
+        nf = data.geometry.norm_factor_mm
+        moving, jac = render_moving(data, init, cfg)
+        return {"moving": moving, "jac": jac,
+                "h": geodesic_gradient(pose_to_rtvec_t(init, nf), pose_to_rtvec_t(pose, nf)).double()}
+    from models.simulate import MovingRenderer, descent_step
+    from runtime.sopi_params import sopi_to_T
+
+    if "moving" not in data.renderers:
+        sizes = _level_sizes(data, cfg)
+        data.renderers["moving"] = MovingRenderer(data.volume, data.volume.mask, data.geometry,
+                                                  data.cube_affine, [sizes[k] for k in cfg.levels])
+    mr = data.renderers["moving"]
+    out: dict[str, list] = {"moving": [], "jac": [], "h": [], **{f"mask_{k}": [] for k in cfg.levels}}
+    for p, q in zip(pose.numpy(), init.numpy()):
+        T0, Tg = sopi_to_T(q, data.geometry, data.cube_affine), sopi_to_T(p, data.geometry, data.cube_affine)
+        x, tang, masks = mr.render(T0)
+        out["moving"].append(x[None])
+        out["jac"].append(tang)
+        out["h"].append(-descent_step(T0, Tg, mr.centre, mr.rho))
+        for k, m in zip(cfg.levels, masks):
+            out[f"mask_{k}"].append(m[None])
+    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
+
+
+def _masks(b: dict[str, torch.Tensor], levels: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    if not all(f"mask_{k}" in b for k in levels):
+        return None
+    return {k: b[f"mask_{k}"].float() for k in levels}
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -288,34 +352,45 @@ def _unit_parts(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def feature_distance(model: FineRegNet, moving: torch.Tensor, fixed: torch.Tensor,
-                     levels: tuple[str, ...]) -> torch.Tensor:
-    """Per-item mean squared distance between the two encoders' features [B]."""
+                     levels: tuple[str, ...], masks: dict[str, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+    """Per-item mean squared distance between the two encoders' features [B]; with `masks`
+    ({level: [B,1,h,w]}) both maps are weighted by the projected spine mask (Eq. 6, as the
+    runtime's learned stage forms its residuals)."""
     _, m3, m4, m5 = model.encoderx(moving)
     _, f3, f4, f5 = model.encodery(fixed)
     pairs = {"p3": (m3, f3), "p4": (m4, f4), "p5": (m5, f5)}
-    return sum(((pairs[k][0] - pairs[k][1]) ** 2).flatten(1).mean(1) for k in levels)
+    out = 0.0
+    for k in levels:
+        d = pairs[k][0] - pairs[k][1]
+        if masks is not None:
+            d = d * masks[k]
+        out = out + (d ** 2).flatten(1).mean(1)
+    return out
 
 
 def similarity_gradient(model: FineRegNet, moving: torch.Tensor, jac: torch.Tensor,
-                        fixed: torch.Tensor, levels: tuple[str, ...], create_graph: bool
-                        ) -> torch.Tensor:
-    """g = dL/d rtvec [B,6] of the learned distance, through the DRR Jacobian (exact chain rule)."""
+                        fixed: torch.Tensor, levels: tuple[str, ...], create_graph: bool,
+                        masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """g = dL/dp [B,6] of the learned distance, through the DRR Jacobian (exact chain rule);
+    p = rtvec (upstream renderer) or the Registrar's scaled twist (runtime renderer)."""
     x = moving.detach().requires_grad_(True)
-    dist = feature_distance(model, x, fixed, levels)
+    dist = feature_distance(model, x, fixed, levels, masks)
     (dx,) = torch.autograd.grad(dist.sum(), x, create_graph=create_graph)
     return torch.einsum("bhw,bihw->bi", dx[:, 0], jac)
 
 
 def encoder_gradient_loss(model: FineRegNet, moving: torch.Tensor, jac: torch.Tensor,
-                          fixed: torch.Tensor, rt_init: torch.Tensor, rt_gt: torch.Tensor,
-                          levels: tuple[str, ...] = ("p3", "p4", "p5")) -> tuple[torch.Tensor, dict]:
+                          fixed: torch.Tensor, h: torch.Tensor,
+                          levels: tuple[str, ...] = ("p3", "p4", "p5"),
+                          masks: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """Eq. 7 (ProST/SOPI): || g_rot/|g_rot| - h_rot/|h_rot| ||^2 + same for translation, batch mean.
 
-    g: gradient of the feature distance w.r.t. the pose (create_graph -> double backward into the
-    encoders); h: gradient of the squared geodesic distance to the truth.
+    g: gradient of the feature distance w.r.t. the pose parameters of `jac` (create_graph ->
+    double backward into the encoders); h: the reference gradient in the same parameters, pointing
+    away from the truth (`geodesic_gradient` for rtvec, minus `descent_step` for the runtime's).
     """
-    g = similarity_gradient(model, moving, jac, fixed, levels, create_graph=True)
-    h = geodesic_gradient(rt_init, rt_gt)
+    g = similarity_gradient(model, moving, jac, fixed, levels, create_graph=True, masks=masks)
     gr, gt = _unit_parts(g)
     hr, ht = _unit_parts(h)
     loss = ((gr - hr) ** 2).sum(-1).mean() + ((gt - ht) ** 2).sum(-1).mean()
@@ -378,7 +453,7 @@ class EvalSet:
         self.target_aug = domain_randomize(self.target, gen, cfg.augment)
         if cfg.network == "encoders":
             self.init = sample_poses(cfg.n_eval, cfg, gen, around=self.pose, spread=cfg.perturb)
-            self.moving, self.jac = render_moving(data, self.init, cfg)
+            self.enc = render_encoder_inputs(data, self.pose, self.init, cfg)
 
     def evaluate(self, model, data: PatientData, cfg: TrainConfig) -> dict:
         was = model.training
@@ -394,14 +469,14 @@ class EvalSet:
                 return {"n": len(self.pose), "clean": rtpi_errors(p, self.pose),
                         "augmented": rtpi_errors(pa, self.pose),
                         "predict_centre_baseline": rtpi_errors(centre, self.pose)}
-            nf = data.geometry.norm_factor_mm
-            rt0, rtg = pose_to_rtvec_t(self.init, nf), pose_to_rtvec_t(self.pose, nf)
-            h = geodesic_gradient(rt0, rtg)
+            h = self.enc["h"]
             cr, ct, c6 = [], [], []
             for i in range(0, len(self.pose), 4):
                 sl = slice(i, i + 4)
-                g = similarity_gradient(model, self.moving[sl], self.jac[sl], self.target[sl],
-                                        cfg.levels, create_graph=False).double()
+                part = {k: v[sl] for k, v in self.enc.items()}
+                g = similarity_gradient(model, part["moving"], part["jac"], self.target[sl],
+                                        cfg.levels, create_graph=False,
+                                        masks=_masks(part, cfg.levels)).double()
                 gr, gt = _unit_parts(g)
                 hr, ht = _unit_parts(h[sl])
                 cr.append((gr * hr).sum(-1))
@@ -422,7 +497,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.network == "encoders":
         return FineRegNet("head", cfg.det_size)
     if cfg.rtpi_kind == PS_KIND:
-        return PatientRTPINet(cfg.det_size)
+        return PatientRTPINet(cfg.det_size, width=cfg.rtpi_width)
     m = RTPINet(cfg.rtpi_kind)
     with torch.no_grad():  # start inside relu6's linear range (upstream's zero bias clips)
         m.fc2.bias.fill_(3.0)
@@ -477,11 +552,15 @@ class Trainer:
         out = {"pose": pose, "target": render_target(self.data, pose, cfg)}
         if cfg.network == "rtpi":
             if cfg.w_sim > 0:
-                out["target_sim"] = render_target(self.data, pose, cfg, det_size=cfg.sim_size)
+                k = cfg.det_size // cfg.sim_size
+                if cfg.target_renderer == "runtime" and k * cfg.sim_size == cfg.det_size:
+                    out["target_sim"] = min_max(F.avg_pool2d(out["target"], k))  # same rays, binned
+                else:
+                    out["target_sim"] = render_target(self.data, pose, cfg, det_size=cfg.sim_size)
         else:
             init = sample_poses(n, cfg, self.gen, around=pose, spread=cfg.perturb)
             out["init"] = init
-            out["moving"], out["jac"] = render_moving(self.data, init, cfg)
+            out.update(render_encoder_inputs(self.data, pose, init, cfg))
         return out
 
     def _refresh(self) -> None:
@@ -511,10 +590,8 @@ class Trainer:
             loss, info = rtpi_loss(self.model, self.data, b["image"], b["pose"],
                                    b.get("target_sim"), cfg)
         else:
-            nf = self.data.geometry.norm_factor_mm
             loss, info = encoder_gradient_loss(self.model, b["moving"], b["jac"], b["image"],
-                                               pose_to_rtvec_t(b["init"], nf),
-                                               pose_to_rtvec_t(b["pose"], nf), cfg.levels)
+                                               b["h"].float(), cfg.levels, _masks(b, cfg.levels))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

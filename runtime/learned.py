@@ -66,7 +66,8 @@ from runtime.solver import LMOptions, StepRejected, levenberg_marquardt
 from runtime.sopi_params import SopiGeometry, network_volume, sopi_to_T
 from runtime.volume import MU_WATER, Volume
 
-__all__ = ["LearnedOptions", "BundleNetworks", "network_cube", "frame_to_network", "min_max",
+__all__ = ["LearnedOptions", "BundleNetworks", "network_cube", "frame_to_network", "min_max", "level_masks",
+           "moving_projector",
            "param_update", "param_jacobian"]
 
 log = logging.getLogger("sopi.learned")
@@ -134,6 +135,14 @@ def min_max(a: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         return np.zeros_like(a)
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32) if valid is not None \
         else ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+def level_masks(mask_image: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """A projected mask (OUR orientation) min-max normalised, transposed to network orientation
+    and area-downsampled to each feature level's (h, w): the weights of the Eq. 6 residuals."""
+    m = np.ascontiguousarray(min_max(mask_image).T)
+    return [cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != m.shape else m
+            for h, w in sizes]
 
 
 def frame_to_network(img: np.ndarray, valid: np.ndarray, intr: Intrinsics, net: Intrinsics
@@ -204,6 +213,18 @@ def network_cube(volume: Volume, mask: np.ndarray | None, geom: SopiGeometry,
             mk[k] = inside.reshape(n, n)
         hu[k] = h.reshape(n, n)
     return hu, mk, A
+
+
+def moving_projector(volume: Volume, mask: np.ndarray | None, geom: SopiGeometry, camera: Intrinsics,
+                     cube_affine: np.ndarray | None = None, backend: str = "cpu"
+                     ) -> tuple[Projector, np.ndarray]:
+    """The projector of the moving encoder's input: the HU-in-mask network cube (negative HU
+    clipped to 0), upstream's sampling step, the cube mask as its mask channel; and the cube affine."""
+    hu, mk, A = network_cube(volume, mask, geom, cube_affine)
+    mask_ok = mask is not None and bool(mk.any())
+    cube = Volume(np.maximum(hu, 0.0), A, mk if mask_ok else None)
+    return Projector(cube, camera, backend=backend, step_mm=geom.step_mm,
+                     mask=mk if mask_ok else False), A
 
 
 def _find_cube_affine(bundle, rtpi_name: str | None) -> np.ndarray | None:
@@ -299,13 +320,9 @@ class BundleNetworks:
         if self.has_learned:
             aff = self.rtpi_cube_affine if (self.has_init and self.rtpi_geometry == geom) \
                 else _find_cube_affine(self.enc_bundle, None)
-            hu, mk, A = network_cube(volume, mask, geom, aff)
-            self.cube_affine = A
-            mask_ok = mask is not None and bool(mk.any())
-            cube = Volume(np.maximum(hu, 0.0), A, mk if mask_ok else None)
             cam = _image_camera(geom, self.moving_spec.inputs[0], self.moving_spec.preprocessing)
-            self.cube_projector = Projector(cube, cam, backend=projector_backend,
-                                            step_mm=geom.step_mm, mask=mk if mask_ok else False)
+            self.cube_projector, self.cube_affine = moving_projector(volume, mask, geom, cam, aff,
+                                                                     projector_backend)
         self.cube_ms = (time.perf_counter() - t0) * 1e3
         if self.has_init:
             self.rtpi = session(self.rtpi_bundle, self.rtpi_spec)
@@ -382,14 +399,10 @@ class BundleNetworks:
 
     def level_masks(self, T: np.ndarray) -> list[np.ndarray]:
         """Min-max projected mask (network orientation) area-downsampled to each level [h, w]."""
+        sizes = [s[1:] for _, s in self.levels]
         if not self.cube_projector.has_mask:
-            return [np.ones(s[1:], np.float32) for _, s in self.levels]
-        m = self.cube_projector.render(T, jacobian=False, mask=True).mask
-        m = np.ascontiguousarray(min_max(m).T)
-        out = []
-        for _, (c, h, w) in self.levels:
-            out.append(cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != m.shape else m)
-        return out
+            return [np.ones(hw, np.float32) for hw in sizes]
+        return level_masks(self.cube_projector.render(T, jacobian=False, mask=True).mask, sizes)
 
     def _run_moving(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         mb = min(self.dynamic_batch, self.options.max_batch) if self.dynamic_batch > 1 else 1

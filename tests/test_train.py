@@ -173,8 +173,8 @@ def test_encoder_gradient_loss_double_backward(phantom):
     nf = data.geometry.norm_factor_mm
     losses = []
     for _ in range(4):
-        loss, info = encoder_gradient_loss(model, moving, jac, fixed, pose_to_rtvec_t(init, nf),
-                                           pose_to_rtvec_t(gt, nf))
+        loss, info = encoder_gradient_loss(model, moving, jac, fixed,
+                                           geodesic_gradient(pose_to_rtvec_t(init, nf), pose_to_rtvec_t(gt, nf)))
         opt.zero_grad()
         loss.backward()  # double backward into both encoders
         assert all(p.grad is not None for p in model.encodery.parameters() if p.requires_grad)
