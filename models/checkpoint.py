@@ -68,6 +68,7 @@ def detect(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
         opts: dict[str, Any] = {"image_size": int(state["volume_code"].shape[-1]) * 4}
         if "block2d1.conv1.weight" in keys:
             opts["width"] = int(state["block2d1.conv1.weight"].shape[0])
+        opts["shared_bn"] = "block2d1.bn2.weight" not in keys
         if lo is not None and span is not None:
             opts["ranges"] = [[float(a), float(a + s)] for a, s in zip(lo.tolist(), span.tolist())]
         return PS_KIND, opts
@@ -87,7 +88,7 @@ def build(kind: str, **opts: Any) -> nn.Module:
     if kind in RTPI_KINDS:
         return RTPINet(kind, flag=opts.get("flag", -1))
     if kind == PS_KIND:
-        kw = {k: opts[k] for k in ("image_size", "ranges", "width") if k in opts}
+        kw = {k: opts[k] for k in ("image_size", "ranges", "width", "shared_bn") if k in opts}
         return PatientRTPINet(**kw)
     if kind == "Fine_regnet":
         return FineRegNet(opts.get("layout", "head"), opts.get("size", 256))
@@ -171,7 +172,8 @@ def save_checkpoint(path: str | Path, module: nn.Module, kind: str,
     if isinstance(module, RTPINet):
         opts["flag"] = module.flag
     elif isinstance(module, PatientRTPINet):
-        opts.update(image_size=module.image_size, ranges=module.range_list(), width=module.width)
+        opts.update(image_size=module.image_size, ranges=module.range_list(), width=module.width,
+                    shared_bn=module.shared_bn)
     elif isinstance(module, FineRegNet):
         opts.update(layout=module.encoderx.layout, size=module.encoderx.size)
     elif isinstance(module, CompositeEncoder):

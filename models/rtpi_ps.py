@@ -9,7 +9,8 @@ It runs on one input, the fixed image [B,1,S,S] (min-max, network orientation), 
 multiple of 32, and returns the SOPI 6-vector like the others, so
 `runtime.sopi_params.sopi_to_T` applies (with the cube affine the training recorded).
 
-`width` is the first 2-D block's channel count (upstream 64). The CPU configuration uses 32: at 64^2
+Unlike upstream, each conv of the 2-D blocks has its own BatchNorm (upstream's shared `bn1` makes
+eval mode differ from training; models/layers.py). `width` is the first 2-D block's channel count (upstream 64). The CPU configuration uses 32: at 64^2
 and batch 32 a training step costs 0.17 s instead of 0.63 s on 2 cores (docs/training.md).
 
 Output ranges live in persistent buffers (`range_lo`, `range_span`), so a bare state dict carries
@@ -39,7 +40,8 @@ class PatientRTPINet(nn.Module):
     kind = PS_KIND
 
     def __init__(self, image_size: int = 128,
-                 ranges: Sequence[Sequence[float]] = PS_DEFAULT_RANGES, width: int = 64) -> None:
+                 ranges: Sequence[Sequence[float]] = PS_DEFAULT_RANGES, width: int = 64,
+                 shared_bn: bool = False) -> None:
         super().__init__()
         if image_size % 32 or image_size < 32:
             raise ValueError(f"RTPInet_ps needs an image size that is a multiple of 32, got {image_size}")
@@ -52,8 +54,9 @@ class PatientRTPINet(nn.Module):
         q = self.image_size // 4
         self.volume_code = nn.Parameter(torch.zeros(1, 32, q, q))
         # the constant the 3-D branch would produce for the one CT; learned
-        self.block2d1 = Conv2dBlock(1, self.width)
-        self.block2d2 = Conv2dBlock(self.width, 32)
+        self.shared_bn = bool(shared_bn)  # upstream's shared bn1 (breaks eval mode; old checkpoints)
+        self.block2d1 = Conv2dBlock(1, self.width, separate_bn=not self.shared_bn)
+        self.block2d2 = Conv2dBlock(self.width, 32, separate_bn=not self.shared_bn)
         layers: list[nn.Module] = []
         for cin, cout in ((64, 32), (32, 16), (16, 8)):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), Bottleneck(cout), nn.MaxPool2d(2)]

@@ -115,8 +115,9 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
     """The named configurations (docs/training.md has the measurements behind them).
 
     cpu: patient-specific, 64^3 cube, 64^2 detector (3.19 mm pixels over the native 204 mm
-         field); RTPI = RTPInet_ps (batch 16, Adam 1e-3, similarity at 32^2);
-         encoders = Fine_regnet HEAD layout (batch 2, Adam 1e-4).
+         field), images from the runtime projector (models/simulate.py); RTPI = RTPInet_ps width
+         32 (batch 32, Adam 1e-3, similarity at 32^2); encoders = Fine_regnet HEAD layout
+         (batch 4, Adam 3e-4, masked distance, gradients in the runtime's parameters).
     paper: 128^3 cube, 256^2 detector (upstream flag 4); RTPI = RTPInet_v1 with its 3-D branch;
          encoders at 256^2, batch 2, SGD 1e-4 momentum 0.9 (SOPI HEAD). Meant for a GPU.
     """
@@ -130,8 +131,9 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
     if config == "cpu":
         base.update(volume_size=64, det_size=128)
         if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
-            base.update(det_size=64, batch=2, lr=1e-4, weight_decay=0.0, pool_size=32,
-                        refresh_per_step=1, warmup_steps=10, lr_half_life_steps=2000, n_eval=32)
+            base.update(det_size=64, batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
+                        refresh_per_step=1, warmup_steps=20, lr_half_life_steps=1000, n_eval=64,
+                        target_renderer="runtime")
         else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
             base.update(det_size=64, batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
                         sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,

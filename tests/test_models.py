@@ -129,3 +129,40 @@ def test_truncated_checkpoint(tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_checkpoint(p)
+
+
+def test_conv_block_eval_mode_reproduces_training_only_with_separate_bn():
+    """Upstream's Conv2dBlock normalises both convs with one BatchNorm: its running statistics
+    blend two layers, so eval mode departs from training. Our blocks (separate_bn) agree."""
+    import torch
+
+    from models.layers import Conv2dBlock
+
+    errs = {}
+    for sep in (False, True):
+        torch.manual_seed(0)
+        blk = Conv2dBlock(1, 8, separate_bn=sep)
+        blk.drop.p = 0.0
+        x = torch.rand(16, 1, 32, 32) * 3 + 1
+        blk.train()
+        with torch.no_grad():
+            for _ in range(100):  # running statistics converge to this batch's
+                y_train = blk(x)
+        blk.eval()
+        with torch.no_grad():
+            y_eval = blk(x)
+        errs[sep] = float((y_eval - y_train).abs().max() / y_train.abs().max())
+    assert errs[True] < 0.02, errs
+    assert errs[False] > 0.1, errs
+
+
+def test_patient_rtpi_bn_layout_round_trip(tmp_path):
+    from models import load_checkpoint, save_checkpoint
+    from models.rtpi_ps import PatientRTPINet
+
+    for shared in (False, True):
+        m = PatientRTPINet(64, width=16, shared_bn=shared)
+        assert ("block2d1.bn2.weight" in m.state_dict()) is not shared
+        save_checkpoint(tmp_path / "ps.pt", m, "RTPInet_ps")
+        lc = load_checkpoint(tmp_path / "ps.pt")
+        assert lc.module.shared_bn is shared and lc.module.width == 16 and lc.module.image_size == 64
