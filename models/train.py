@@ -27,6 +27,7 @@ network images are in network orientation (our camera image transposed).
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
@@ -74,6 +75,7 @@ class TrainConfig:
     warmup_steps: int = 20
     lr_half_life_steps: int = 600  # lr = lr0 * 0.5 ** (step / half_life) after warm-up
     grad_clip: float = 10.0  # gradient-norm clip (ProST)
+    freeze_bn: bool = False  # BatchNorm in eval mode while training (affine only; as deployed)
     pool_size: int = 256  # rendered (pose, target) pairs kept in memory
     refresh_per_step: int = 4  # pool entries re-rendered at new random poses every step
     centre: tuple[float, ...] = (90.0, 0.0, 0.0, 700.0, 0.0, 0.0)  # SOPI pose, deg / mm
@@ -133,7 +135,7 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
         if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
             base.update(det_size=64, batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
                         refresh_per_step=1, warmup_steps=20, lr_half_life_steps=1000, n_eval=64,
-                        target_renderer="runtime")
+                        target_renderer="runtime", freeze_bn=True)
         else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
             base.update(det_size=64, batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
                         sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,
@@ -588,6 +590,10 @@ class Trainer:
         t1 = time.perf_counter()
         b = self._batch()
         self.model.train()
+        if cfg.freeze_bn:  # tiny batches and 2x2 maps: batch statistics are noise, and deployment
+            for m in self.model.modules():  # uses the running ones; keep them as initialised
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if cfg.network == "rtpi":
             loss, info = rtpi_loss(self.model, self.data, b["image"], b["pose"],
                                    b.get("target_sim"), cfg)
@@ -737,6 +743,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (0: torch default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field of the preset (Python literal), e.g. pool_size=4096")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluations")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -746,6 +754,17 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     over = {k: v for k, v in (("checkpoint_minutes", a.checkpoint_minutes), ("seed", a.seed),
                               ("threads", a.threads)) if v is not None}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in a.set:
+        key, _, val = item.partition("=")
+        if key not in fields or not val:
+            print(f"sopi-train: --set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}",
+                  file=sys.stderr)
+            return 2
+        try:
+            over[key] = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            over[key] = val  # a bare word: a string field such as target_renderer
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -758,7 +777,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads is not None:
             cfg = dataclasses.replace(cfg, threads=a.threads)
     else:
-        cfg = preset(a.network, a.config, **over)
+        try:
+            cfg = preset(a.network, a.config, **over)
+        except (TypeError, ValueError) as e:
+            print(f"sopi-train: {e}", file=sys.stderr)
+            return 2
     try:
         data = load_patient(a.ct, a.mask, a.phantom, cfg)
         say(f"CT {data.source}: cube {cfg.volume_size}^3 of {data.geometry.voxel_mm:.3f} mm, "

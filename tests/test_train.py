@@ -258,3 +258,15 @@ def test_encoder_checkpoint_exports(phantom, tmp_path):
     assert res.passed
     assert res.manifest["geometry"]["det_size"] == 64
     assert res.manifest["networks"]["encoder_fixed"]["inputs"][0]["shape"] == [1, 1, 64, 64]
+
+
+def test_cli_set_overrides(tmp_path, capsys):
+    base = ["--phantom", "--network", "rtpi", "--config", "tiny", "--run-dir", str(tmp_path / "r"), "-q"]
+    assert main(base + ["--set", "bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(base + ["--set", "target_renderer=siddon"]) == 2
+    assert main(base + ["--set", "pool_size=3", "--set", "target_renderer=runtime", "--max-steps", "1",
+                        "--no-eval"]) == 0
+    st = torch.load(tmp_path / "r" / "state.pt", map_location="cpu", weights_only=False)
+    assert st["config"]["pool_size"] == 3 and st["config"]["target_renderer"] == "runtime"
+    assert len(st["pool"]["pose"]) == 3
