@@ -135,11 +135,12 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
         if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
             base.update(det_size=64, batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
                         refresh_per_step=1, warmup_steps=20, lr_half_life_steps=1000, n_eval=64,
-                        target_renderer="runtime", freeze_bn=True)
+                        target_renderer="runtime", freeze_bn=True,
+                        augment=AugmentConfig(p_collimate=0.5))
         else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
             base.update(det_size=64, batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
                         sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,
-                        target_renderer="runtime")
+                        target_renderer="runtime", augment=AugmentConfig(p_collimate=0.5))
     elif config == "paper":
         base.update(volume_size=128, det_size=256, checkpoint_minutes=5.0, threads=0,
                     rows_per_chunk=64)

@@ -132,6 +132,31 @@ def test_augment_is_reproducible_and_normalised():
                        / (img.amax((1, 2, 3), keepdim=True) - img.amin((1, 2, 3), keepdim=True)))
 
 
+def test_collimation_matches_the_runtime_fill():
+    """Outside the field of view 0, inside min-max over the inside only: what
+    runtime.learned.network_image gives for pixels outside a frame's valid mask."""
+    from models.augment import collimation_mask
+    from runtime.learned import min_max
+
+    img = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 5 + 2
+    cfg = AugmentConfig.off()
+    import dataclasses
+    cfg = dataclasses.replace(cfg, p_collimate=1.0)
+    out = domain_randomize(img, torch.Generator().manual_seed(3), cfg)
+    gen = torch.Generator().manual_seed(3)
+    for x, y in zip(img, out):
+        float(torch.rand((), generator=gen))  # the p_collimate draw
+        m = collimation_mask(64, 64, gen, cfg)
+        assert 0.2 < float(m.float().mean()) < 1.0
+        ref = min_max(x[0].numpy(), m.numpy())
+        ref[~m.numpy()] = 0.0
+        assert np.abs(y[0].numpy() - ref).max() < 1e-5
+    circ = collimation_mask(256, 256, torch.Generator().manual_seed(0),
+                            dataclasses.replace(cfg, p_circle=1.0, circle_radius=(0.477, 0.477),
+                                                circle_shift=0.0))
+    assert float(circ.float().mean()) == pytest.approx(np.pi * 0.477 ** 2, abs=0.01)
+
+
 def test_rtpi_loss_decreases_on_tiny_problem(tiny_rtpi_data):
     """Eq. 5 (pose + gradient-difference term) on 8 fixed frames: full-batch Adam lowers it."""
     from models.train import build_model, rtpi_loss, sample_poses
