@@ -50,7 +50,7 @@ def normalised_params(geom: SopiGeometry) -> dict[str, float]:
 def ray_dist_range(mat: torch.Tensor, src: float) -> tuple[float, float]:
     """Upstream raydist_range: corners q = A (c - b) (not the true inverse), batch-wide min/max."""
     c = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)],
-                     dtype=mat.dtype)
+                     dtype=mat.dtype, device=mat.device)
     a, b = mat[:, :, :3].detach(), mat[:, :, 3].detach()
     q = torch.einsum("bij,bkj->bki", a, c[None] - b[:, None, :])
     d = torch.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2 + (src - q[..., 2]) ** 2)
@@ -71,12 +71,13 @@ def render_upstream(volume: torch.Tensor, rtvec: torch.Tensor, geom: SopiGeometr
     mat = rtvec_to_matrix(rtvec.to(volume.dtype))
     dmin, dmax = ray_dist_range(mat, src) if dist_range is None else dist_range
     k = int(math.floor((dmax - dmin) / step + 2)) + 1
-    s = (dmin - step) + step * torch.arange(k, dtype=volume.dtype)
+    dev = volume.device
+    s = (dmin - step) + step * torch.arange(k, dtype=volume.dtype, device=dev)
     length = src - det
-    idx = torch.arange(n, dtype=volume.dtype) - n / 2
+    idx = torch.arange(n, dtype=volume.dtype, device=dev) - n / 2
     dd, hh, ww = volume.shape[2:]
-    shift = torch.tensor([1.0 / ww, 1.0 / hh, 1.0 / dd], dtype=volume.dtype)
-    size = torch.tensor([ww, hh, dd], dtype=volume.dtype)
+    shift = torch.tensor([1.0 / ww, 1.0 / hh, 1.0 / dd], dtype=volume.dtype, device=dev)
+    size = torch.tensor([ww, hh, dd], dtype=volume.dtype, device=dev)
     out = []
     for r0 in range(0, n, rows_per_chunk):
         xr = idx[r0:r0 + rows_per_chunk] * pix
@@ -151,12 +152,13 @@ def render_upstream_jac(volume4: torch.Tensor, rtvec: torch.Tensor, geom: SopiGe
     dmat = torch.func.vmap(torch.func.jacfwd(lambda r: rtvec_to_matrix(r[None])[0]))(rt)  # [B,3,4,6]
     dmin, dmax = cube_dist_range(rt, geom) if dist_range is None else dist_range
     k = int(math.floor((dmax - dmin) / step + 2)) + 1
-    s = (dmin - step) + step * torch.arange(k, dtype=dtype)
+    dev = volume4.device
+    s = (dmin - step) + step * torch.arange(k, dtype=dtype, device=dev)
     length = src - det
-    idx = torch.arange(n, dtype=dtype) - n / 2
+    idx = torch.arange(n, dtype=dtype, device=dev) - n / 2
     dd, hh, ww = volume4.shape[2:]
-    shift = torch.tensor([1.0 / ww, 1.0 / hh, 1.0 / dd], dtype=dtype)
-    size = torch.tensor([ww, hh, dd], dtype=dtype)
+    shift = torch.tensor([1.0 / ww, 1.0 / hh, 1.0 / dd], dtype=dtype, device=dev)
+    size = torch.tensor([ww, hh, dd], dtype=dtype, device=dev)
     imgs, jacs = [], []
     for r0 in range(0, n, rows_per_chunk):
         xr = idx[r0:r0 + rows_per_chunk] * pix

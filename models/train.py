@@ -92,6 +92,7 @@ class TrainConfig:
     eval_at_checkpoints: bool = True
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # torch device of the networks and the torch renderers ("cuda", "cuda:1")
     rows_per_chunk: int = 16
 
     def to_dict(self) -> dict:
@@ -236,26 +237,26 @@ def render_target(data: PatientData, pose: torch.Tensor, cfg: TrainConfig,
     if det_size is not None and det_size != geom.det_size:
         geom = dataclasses.replace(geom, det_size=int(det_size),
                                    pixel_mm=geom.pixel_mm * geom.det_size / det_size)
-    rt = pose_to_rtvec_t(pose, geom.norm_factor_mm).float()
+    rt = pose_to_rtvec_t(pose, geom.norm_factor_mm).float().to(data.mu.device)
     out = []
     for i in range(0, len(rt), 8):
         r = rt[i:i + 8]
         img = render_upstream(data.mu.expand(len(r), -1, -1, -1, -1), r, geom,
                               rows_per_chunk=cfg.rows_per_chunk, dist_range=cube_dist_range(r, geom))
-        out.append(min_max(img))
+        out.append(min_max(img).cpu())
     return torch.cat(out, 0)
 
 
 def render_moving(data: PatientData, pose: torch.Tensor, cfg: TrainConfig, det_size: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw upstream DRR of the HU-in-mask cube at `pose` and its Jacobian w.r.t. rtvec."""
-    rt = pose_to_rtvec_t(pose, data.geometry.norm_factor_mm).float()
+    rt = pose_to_rtvec_t(pose, data.geometry.norm_factor_mm).float().to(data.hu4.device)
     ims, jas = [], []
     for i in range(0, len(rt), 4):
         im, ja = render_upstream_jac(data.hu4, rt[i:i + 4], data.geometry,
                                      rows_per_chunk=cfg.rows_per_chunk, det_size=det_size)
-        ims.append(im)
-        jas.append(ja)
+        ims.append(im.cpu())
+        jas.append(ja.cpu())
     return torch.cat(ims), torch.cat(jas)
 
 
@@ -463,12 +464,13 @@ class EvalSet:
     def evaluate(self, model, data: PatientData, cfg: TrainConfig) -> dict:
         was = model.training
         model.eval()
+        dev = next(model.parameters()).device
         try:
             if cfg.network == "rtpi":
                 with torch.no_grad():
-                    p = torch.cat([_rtpi_forward(model, data, self.target[i:i + 16])[1]
+                    p = torch.cat([_rtpi_forward(model, data, self.target[i:i + 16].to(dev))[1].cpu()
                                    for i in range(0, len(self.target), 16)])
-                    pa = torch.cat([_rtpi_forward(model, data, self.target_aug[i:i + 16])[1]
+                    pa = torch.cat([_rtpi_forward(model, data, self.target_aug[i:i + 16].to(dev))[1].cpu()
                                     for i in range(0, len(self.target), 16)])
                 centre = torch.tensor(cfg.centre, dtype=torch.float64).expand_as(self.pose)
                 return {"n": len(self.pose), "clean": rtpi_errors(p, self.pose),
@@ -478,10 +480,10 @@ class EvalSet:
             cr, ct, c6 = [], [], []
             for i in range(0, len(self.pose), 4):
                 sl = slice(i, i + 4)
-                part = {k: v[sl] for k, v in self.enc.items()}
-                g = similarity_gradient(model, part["moving"], part["jac"], self.target[sl],
+                part = {k: v[sl].to(dev) for k, v in self.enc.items()}
+                g = similarity_gradient(model, part["moving"], part["jac"], self.target[sl].to(dev),
                                         cfg.levels, create_graph=False,
-                                        masks=_masks(part, cfg.levels)).double()
+                                        masks=_masks(part, cfg.levels)).double().cpu()
                 gr, gt = _unit_parts(g)
                 hr, ht = _unit_parts(h[sl])
                 cr.append((gr * hr).sum(-1))
@@ -528,8 +530,13 @@ class Trainer:
         state_path = self.dir / STATE
         if state_path.exists() and not resume:
             raise FileExistsError(f"{state_path} exists: pass --resume to continue it, or use a new --run-dir")
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {cfg.device!r}: this PyTorch has no CUDA device "
+                             f"(torch {torch.__version__}); use --device cpu")
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg)
+        self.model = build_model(cfg).to(self.device)
+        data.mu, data.hu4 = data.mu.to(self.device), data.hu4.to(self.device)
         params = list(self.model.parameters())
         if cfg.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -589,7 +596,7 @@ class Trainer:
         t0 = time.perf_counter()
         self._refresh()
         t1 = time.perf_counter()
-        b = self._batch()
+        b = {k: v.to(self.device) for k, v in self._batch().items()}
         self.model.train()
         if cfg.freeze_bn:  # tiny batches and 2x2 maps: batch statistics are noise, and deployment
             for m in self.model.modules():  # uses the running ones; keep them as initialised
@@ -744,6 +751,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (0: torch default)")
+    p.add_argument("--device", default=None,
+                   help="torch device for the networks and torch renderers: cpu (default), cuda, cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field of the preset (Python literal), e.g. pool_size=4096")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluations")
@@ -754,7 +763,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     over = {k: v for k, v in (("checkpoint_minutes", a.checkpoint_minutes), ("seed", a.seed),
-                              ("threads", a.threads)) if v is not None}
+                              ("threads", a.threads), ("device", a.device)) if v is not None}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in a.set:
         key, _, val = item.partition("=")
@@ -777,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig.from_dict(torch.load(state, map_location="cpu", weights_only=False)["config"])
         if a.threads is not None:
             cfg = dataclasses.replace(cfg, threads=a.threads)
+        if a.device is not None:  # a run may move between machines
+            cfg = dataclasses.replace(cfg, device=a.device)
     else:
         try:
             cfg = preset(a.network, a.config, **over)

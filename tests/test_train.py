@@ -295,3 +295,26 @@ def test_cli_set_overrides(tmp_path, capsys):
     st = torch.load(tmp_path / "r" / "state.pt", map_location="cpu", weights_only=False)
     assert st["config"]["pool_size"] == 3 and st["config"]["target_renderer"] == "runtime"
     assert len(st["pool"]["pose"]) == 3
+
+
+def test_cli_device_without_cuda_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = ["--phantom", "--network", "rtpi", "--config", "tiny", "--run-dir", str(tmp_path / "r"),
+            "--device", "cuda", "--max-steps", "1", "-q"]
+    assert main(args) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("network", ["rtpi", "encoders"])
+def test_trainer_on_cuda(tmp_path, phantom, network):
+    """Two steps and an evaluation with the networks and torch renderers on the GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = preset(network, "tiny", device="cuda")
+    tr = Trainer(PatientData.from_volume(phantom, cfg, "phantom"), cfg, tmp_path / network)
+    recs = [tr.train_step() for _ in range(2)]
+    assert all(np.isfinite(r["loss"]) for r in recs)
+    assert tr.evaluate()["n"] == cfg.n_eval
+    assert load_checkpoint(tr.save()).kind in ("RTPInet_ps", "Fine_regnet")
