@@ -425,15 +425,71 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
             if name == "rtpi+learned+intensity":
                 ent["after_learned_reproj_median_mm"] = float(np.median([r["reproj_learned_mm"] for r in rr]))
             table.append(ent)
+    paired = paired_comparisons(rows, dists)
     summary = {"ct": ct, "cases": cases, "seed": seed, "bundles": [str(b) for b in bundles],
                "train_range": [list(x) for x in train_range],
                "prior_sopi_pose": centre_pose.tolist(), "budget_ms": budget_ms, "table": table,
-               "markdown": pipelines_markdown(table)}
+               "paired": paired,
+               "markdown": pipelines_markdown(table) + "\n\n" + paired_markdown(paired)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{ct}_pipelines_cases.json").write_text(json.dumps(rows, indent=1, default=float))
         (out / f"{ct}_pipelines_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate k / n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def mcnemar_p(gains: int, losses: int) -> float:
+    """Exact two-sided McNemar test (binomial on the discordant pairs)."""
+    n = gains + losses
+    if n == 0:
+        return 1.0
+    k = min(gains, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparisons(rows: list[dict], dists: tuple[str, ...]) -> list[dict]:
+    """Per distribution, pipeline B vs A on the same frames: successes, gains, losses, p."""
+    out = []
+    pairs = (("intensity", "rtpi+intensity"), ("intensity", "rtpi+learned+intensity"),
+             ("rtpi+intensity", "rtpi+learned+intensity"))
+    for dist in dists:
+        by = {name: {r["case"]: r["reproj_mm"] < 1.0 for r in rows
+                     if r["dist"] == dist and r["pipeline"] == name} for name in PIPELINES}
+        for a, b in pairs:
+            cases = sorted(set(by[a]) & set(by[b]))
+            if not cases:
+                continue
+            gains = sum(1 for c in cases if by[b][c] and not by[a][c])
+            losses = sum(1 for c in cases if by[a][c] and not by[b][c])
+            ka, kb = sum(by[a][c] for c in cases), sum(by[b][c] for c in cases)
+            out.append({"dist": dist, "a": a, "b": b, "n": len(cases), "success_a": ka, "success_b": kb,
+                        "ci_a": wilson_interval(ka, len(cases)), "ci_b": wilson_interval(kb, len(cases)),
+                        "gains": gains, "losses": losses, "mcnemar_p": mcnemar_p(gains, losses)})
+    return out
+
+
+def paired_markdown(paired: list[dict]) -> str:
+    lines = ["| start distribution | A -> B | success A (95 % CI) | success B (95 % CI) | B gains / loses | McNemar p |",
+             "|---|---|---|---|---|---|"]
+    for e in paired:
+        ca, cb = e["ci_a"], e["ci_b"]
+        lines.append(f"| {e['dist']} | {e['a']} -> {e['b']} | {e['success_a']}/{e['n']} "
+                     f"({100 * ca[0]:.0f}-{100 * ca[1]:.0f} %) | {e['success_b']}/{e['n']} "
+                     f"({100 * cb[0]:.0f}-{100 * cb[1]:.0f} %) | {e['gains']} / {e['losses']} | "
+                     f"{e['mcnemar_p']:.2g} |")
+    return "\n".join(lines)
 
 
 def pipelines_markdown(table: list[dict]) -> str:
