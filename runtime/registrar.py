@@ -613,6 +613,11 @@ class Registrar:
                     starts = self._grid_search(T, proj, f, lintr, sim, update, n_starts, should_stop)
                 else:
                     starts = candidates[:n_starts]
+                if li == 0 and T_int0 is not T0 and \
+                        all(self._anatomy_distance(T0, Ts, rho) > 1.0 for Ts in starts):
+                    # hand-over guard: the pose before the learned stage competes at the coarsest
+                    # level, so a weak learned stage cannot lose a start the intensity stage had
+                    starts = list(starts) + [T0]
                 results = []
                 for Ts in starts:
                     init_eval = first if (first is not None and Ts is T) else None

@@ -175,3 +175,17 @@ def test_bundle_without_rtpi_refuses_network_init(bundle_dir, setup, tmp_path):
     assert reg._networks.has_learned and not reg._networks.has_init
     with pytest.raises(RegistrationError, match="RTPI"):
         reg.register(frame, init="network")
+
+
+def test_handover_guard_lets_the_pre_learned_pose_compete(setup):
+    """A learned stage that moves the pose must not take away the start it was given: the pose
+    before the learned stage is also a start of the coarsest intensity level."""
+    vol, intr, reg, Tt, frame = setup
+    T0 = perturb_pose(Tt, reg.centre_ct, np.array([1.0, -2, 1]), np.array([4.0, -3, 3]))
+    res = reg.register(frame, init=T0)
+    learned = [h["pose"] for h in res.history if h["stage"] == "learned" and h["accepted"]]
+    inten = [h for h in res.history if h["stage"] == "intensity"]
+    coarsest = max(h["level"] for h in inten)
+    assert learned and reg._anatomy_distance(learned[-1], T0, 100.0) > 1.0  # random encoders move it
+    assert any(np.abs(h["pose"] - T0).max() < 1e-9 for h in inten if h["level"] == coarsest)
+    assert np.all(np.isfinite(res.pose))
