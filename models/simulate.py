@@ -3,8 +3,9 @@
 At run time a frame reaches the networks through `runtime.learned` (frame -> network camera ->
 transpose -> min-max). Rendering training targets with `runtime.Projector` in that same camera, from
 the CT itself (not the network cube), removes the gap between what the network is trained on and
-what it is fed. It is also 5-20x faster on the CPU than the torch upstream sampler, which stays for
-the terms that need gradients through the renderer (the similarity term of Eq. 5).
+what it is fed. Its cost is about that of the torch upstream sampler (phantom, 64^2 target, 2 cores:
+19.5 ms 2x2-supersampled vs 22 ms single-sampled), which stays for the terms that need gradients
+through the renderer (the similarity term of Eq. 5).
 """
 
 from __future__ import annotations
