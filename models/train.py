@@ -44,12 +44,13 @@ import torch.nn.functional as F
 
 from models.augment import AugmentConfig, domain_randomize
 from models.checkpoint import save_checkpoint
-from models.encoder import FineRegNet
+from models.encoder import CompositeEncoder, FineRegNet
 from models.projector import (cube_dist_range, gradient_channels, linearised, min_max,
                               pose_to_rtvec_t, render_upstream, render_upstream_jac, rtvec_to_matrix)
 from models.rtpi import RTPINet
 from models.rtpi_ps import PS_KIND, PatientRTPINet
-from runtime.sopi_params import NATIVE_PIXEL_MM, SopiGeometry
+from models.simulate import MovingRenderer, TargetRenderer, descent_step
+from runtime.sopi_params import NATIVE_PIXEL_MM, SopiGeometry, sopi_to_T
 
 STATE = "state.pt"
 LOG = "log.jsonl"
@@ -132,14 +133,14 @@ def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
         raise ValueError(f"config must be 'cpu' or 'paper', got {config!r}")
     base: dict[str, Any] = {"network": network, "preset": config}
     if config == "cpu":
-        base.update(volume_size=64, det_size=128)
+        base.update(volume_size=64, det_size=64)
         if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
-            base.update(det_size=64, batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
+            base.update(batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
                         refresh_per_step=1, warmup_steps=20, lr_half_life_steps=1000, n_eval=64,
                         target_renderer="runtime", freeze_bn=True,
                         augment=AugmentConfig(p_collimate=0.5))
         else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
-            base.update(det_size=64, batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
+            base.update(batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
                         sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,
                         target_renderer="runtime", augment=AugmentConfig(p_collimate=0.5))
     elif config == "paper":
@@ -228,8 +229,6 @@ def render_target(data: PatientData, pose: torch.Tensor, cfg: TrainConfig,
     if cfg.target_renderer == "runtime":
         size = int(det_size or data.geometry.det_size)
         if size not in data.renderers:
-            from models.simulate import TargetRenderer
-
             data.renderers[size] = TargetRenderer(data.volume, data.geometry, data.cube_affine,
                                                   size, cfg.supersample)
         return torch.from_numpy(data.renderers[size].targets(pose.numpy()))
@@ -265,7 +264,7 @@ def _level_sizes(data: PatientData, cfg: TrainConfig) -> dict[str, tuple[int, in
     key = ("levels", cfg.det_size)
     if key not in data.renderers:
         with torch.no_grad():
-            _, p3, p4, p5 = FineRegNet("head", cfg.det_size).encoderx(torch.zeros(1, 1, cfg.det_size, cfg.det_size))
+            _, p3, p4, p5 = CompositeEncoder("head", cfg.det_size)(torch.zeros(1, 1, cfg.det_size, cfg.det_size))
         data.renderers[key] = {k: tuple(v.shape[-2:]) for k, v in zip(("p3", "p4", "p5"), (p3, p4, p5))}
     return data.renderers[key]
 
@@ -281,9 +280,6 @@ def render_encoder_inputs(data: PatientData, pose: torch.Tensor, init: torch.Ten
         moving, jac = render_moving(data, init, cfg)
         return {"moving": moving, "jac": jac,
                 "h": geodesic_gradient(pose_to_rtvec_t(init, nf), pose_to_rtvec_t(pose, nf)).double()}
-    from models.simulate import MovingRenderer, descent_step
-    from runtime.sopi_params import sopi_to_T
-
     if "moving" not in data.renderers:
         sizes = _level_sizes(data, cfg)
         data.renderers["moving"] = MovingRenderer(data.volume, data.volume.mask, data.geometry,
