@@ -5,14 +5,26 @@ passes dicom3tools' ``dciodvfy`` without errors (checked in the tests) and reads
 `calib.read_fluoro` to exactly the given intrinsics when they are centred (classic XA/XRF objects have
 no attribute for a principal point; the standard assumes the centre).
 
-Intensities: ``I = round(i0 * exp(-L))`` stored as unsigned ``bits_stored``-bit LIN data (Pixel
-Intensity Relationship LIN, MONOCHROME2). Read it back with ``read_fluoro(..., i0=i0)`` for exact
-line integrals (up to quantisation); without ``i0`` the reader estimates I0 from the brightest pixels.
+Intensities (``pir``, Pixel Intensity Relationship; always MONOCHROME2, unsigned ``bits_stored`` bits;
+Pixel Intensity Relationship Sign written for DISP only, LIN/LOG use the XA default +1):
+
+* ``"LIN"`` (default): ``I = round(i0 * exp(-L))``, Sign +1. Read it back with
+  ``read_fluoro(..., i0=i0)`` for exact line integrals (up to quantisation); without ``i0`` the reader
+  estimates I0 from the brightest pixels.
+* ``"LOG"``: ``v = round(v_air - log_scale * L)``, Sign +1 (higher value = more intensity),
+  ``v_air = 2**bits_stored - 1`` unless given, ``log_scale`` (stored units per natural-log unit)
+  defaulting to the reader's assumption (the stored range spans 4 decades). Read back exactly with
+  ``read_fluoro(..., i0=v_air, log_scale=log_scale)``. No Modality LUT is written (the XA IOD may want
+  one for LOG data; not checked).
+* ``"DISP"``: the array holds display values (0 .. 2**bits_stored - 1) stored as they are;
+  ``display_sign`` +1 when they increase with intensity (attenuation dark), -1 when inverted. The
+  reader treats DISP as log-like and warns; line integrals from it are approximate.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +52,13 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
              primary_deg: float = 0.0, secondary_deg: float = 0.0, frame_time_ms: float = 66.7,
              kvp: float = 70.0, patient_orientation: tuple[str, str] = ("L", "F"),
              patient_name: str = "SOPI^Synthetic", patient_id: str = "SOPI0001", mirrored: bool = False,
-             collimator: tuple[int, int, int, int] | None = None) -> Path:
+             collimator: tuple[int, int, int, int] | None = None, pir: str = "LIN",
+             log_scale: float | None = None, v_air: float | None = None, display_sign: int = 1,
+             circular_collimator: tuple[float, float, float] | None = None) -> Path:
     """Write ``line_integrals`` ((H, W) one frame, or (N, H, W) a cine run) as an XA or XRF object.
+
+    ``pir``: "LIN", "LOG" or "DISP" (then the array holds display values, see the module docstring).
+    ``circular_collimator``: (row, column, radius) of a round field, 1-based pixel coordinates.
 
     ``intrinsics`` must match (H, W) and be centred; Imager Pixel Spacing = (dv, du), Distance Source to
     Detector = sdd. ``modality``: "XA" or "RF". ``mirrored=True`` stores the frames horizontally
@@ -71,9 +88,26 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     if not 8 <= bits_stored <= 16:
         raise CalibError("bits_stored must be within 8..16")
     vmax = 2 ** bits_stored - 1
-    if not 0 < i0 <= vmax:
-        raise CalibError(f"i0 must be within (0, {vmax}]")
-    pix = np.clip(np.round(i0 * np.exp(-np.maximum(L, 0.0))), 1, vmax).astype(np.uint16)
+    pir = str(pir).upper()
+    if pir == "LIN":
+        if not 0 < i0 <= vmax:
+            raise CalibError(f"i0 must be within (0, {vmax}]")
+        pix = np.clip(np.round(i0 * np.exp(-np.maximum(L, 0.0))), 1, vmax).astype(np.uint16)
+        sign = 1
+    elif pir == "LOG":
+        s = vmax / math.log(1e4) if log_scale is None else float(log_scale)
+        air = float(vmax if v_air is None else v_air)
+        if not (s > 0 and math.isfinite(s)) or not 0 < air <= vmax:
+            raise CalibError(f"LOG needs log_scale > 0 and 0 < v_air <= {vmax}")
+        pix = np.clip(np.round(air - s * L), 0, vmax).astype(np.uint16)
+        sign = 1
+    elif pir == "DISP":
+        if display_sign not in (1, -1):
+            raise CalibError(f"display_sign must be +1 or -1, got {display_sign!r}")
+        pix = np.clip(np.round(L), 0, vmax).astype(np.uint16)
+        sign = int(display_sign)
+    else:
+        raise CalibError(f"pir must be 'LIN', 'LOG' or 'DISP', got {pir!r}")
     if mirrored:
         pix = pix[:, :, ::-1]
     sop_class = XA_SOP_CLASS if modality == "XA" else XRF_SOP_CLASS
@@ -133,7 +167,9 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
-    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationship = pir
+    if pir == "DISP":  # LIN/LOG: +1, the reader's default for XA/XRF (tag left out as before)
+        ds.PixelIntensityRelationshipSign = sign
     ds.LossyImageCompression = "00"
     ds.WindowCenter = _ds(vmax / 2)
     ds.WindowWidth = _ds(vmax + 1)
@@ -151,6 +187,13 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
         ds.CollimatorRightVerticalEdge = str(right)
         ds.CollimatorUpperHorizontalEdge = str(up)
         ds.CollimatorLowerHorizontalEdge = str(low)
+    if circular_collimator is not None:
+        if collimator is not None:
+            raise CalibError("give either a rectangular or a circular collimator, not both")
+        row, col, rad = (float(v) for v in circular_collimator)
+        ds.CollimatorShape = "CIRCULAR"
+        ds.CenterOfCircularCollimator = [int(round(row)), int(round(col))]
+        ds.RadiusOfCircularCollimator = int(round(rad))
     if n > 1 or modality == "RF":
         ds.NumberOfFrames = str(n)
         ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")

@@ -62,6 +62,8 @@ class RegistrarOptions:
     similarity: str | tuple[str, ...] = "ncc"
     # "ncc" | "gc" | "ncc+gc" (see runtime.similarity), or one per level (coarse to fine; the last
     # entry repeats). NCC has the wider basin (coarse levels), GC the sharper optimum.
+    tile_px: int | tuple[int, ...] = 16
+    # tile size (pixels of the level) of the local similarities "lncc" / "lgc", per level
     polarity: str | float = "auto"
     # "auto": decided once per frame from the initial DRR; +1 / -1 to force
     level_widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -104,6 +106,12 @@ class RegistrarOptions:
     # grid minima, at later levels the best distinct results of the previous level
     confidence: ConfidenceModel = field(default_factory=ConfidenceModel)
     # thresholds of res.confidence
+    voxels_per_pixel: float | None = 1.5
+    # working resolution: each level renders a block-averaged copy of the CT whose voxels are
+    # about this many times the level's pixel footprint at the anatomy (power-of-2 factors per
+    # axis, never finer than the CT); None = the CT as given at every level
+    nominal_magnification: float = 1.45
+    # detector / anatomy magnification assumed for that footprint (mobile C-arms: 1.3-1.6)
 
 
 def _per_level(value: Any) -> tuple:
@@ -235,9 +243,13 @@ class Registrar:
         self.budget_ms = None if budget_ms is None else float(budget_ms)
         self.profile = bool(profile)
         self._has_mask = mask_arr is not None
-        self._projector = Projector(volume, intrinsics, backend=backend, step_mm=step_mm,
-                                    mask=mask_arr if mask_arr is not None else False)
-        self._projectors: dict[Intrinsics, Projector] = {intrinsics: self._projector}
+        self._mask_arr = mask_arr
+        self._step_mm = step_mm
+        self._backend_req = backend
+        self._bases: dict[tuple[int, int, int], Projector] = {}
+        self._projectors: dict[tuple[tuple[int, int, int], Intrinsics], Projector] = {}
+        self._projector = self._level_projector(intrinsics, auto_levels(
+            intrinsics.width, intrinsics.height, opts.level_widths)[-1])
         # anatomy: centre of rotation and points for the confidence
         if mask_arr is not None:
             k, j, i = np.nonzero(mask_arr)
@@ -275,9 +287,9 @@ class Registrar:
         t0 = time.perf_counter()
         with self._lock:
             intr = intrinsics or self.intrinsics
-            proj = self._projector_for(intr)
             T = self._default_view_pose(intr)
             for f in auto_levels(intr.width, intr.height, self.options.level_widths):
+                proj = self._level_projector(intr, f)
                 r = proj.render(T, jacobian=True, binning=f, mask=self._has_mask)
                 img = r.image
                 valid = np.ones(img.shape, bool)
@@ -312,12 +324,43 @@ class Registrar:
         return results
 
     # ----------------------------------------------------------------------------- internals
-    def _projector_for(self, intr: Intrinsics) -> Projector:
-        p = self._projectors.get(intr)
-        if p is None:
-            p = self._projector.with_intrinsics(intr)
-            self._projectors[intr] = p
+    def working_factors(self, intr: Intrinsics, binning: int) -> tuple[int, int, int]:
+        """Block-averaging factors (i, j, k) of the CT for detector level ``binning`` of ``intr``:
+        powers of 2 bringing each voxel side up to ``voxels_per_pixel`` x the level's pixel
+        footprint at the anatomy (never below the CT's own spacing)."""
+        vpp = self.options.voxels_per_pixel
+        if vpp is None:
+            return (1, 1, 1)
+        footprint = binning * min(intr.du_mm, intr.dv_mm) / max(self.options.nominal_magnification, 1e-3)
+        out = []
+        for sp, n in zip(self.volume.spacing, self.volume.size_ijk):
+            f = 1
+            while 2 * f * sp <= vpp * footprint and -(-n // (2 * f)) >= 8:
+                f *= 2
+            out.append(f)
+        return tuple(out)  # type: ignore[return-value]
+
+    def _level_projector(self, intr: Intrinsics, binning: int) -> Projector:
+        """The projector of level ``binning`` of detector ``intr`` (working volume built once)."""
+        factors = self.working_factors(intr, binning)
+        p = self._projectors.get((factors, intr))
+        if p is not None:
+            return p
+        base = self._bases.get(factors)
+        if base is None:
+            vol = self.volume if factors == (1, 1, 1) else Volume(self.volume.data, self.volume.affine,
+                                                                  self._mask_arr).binned(factors)
+            mask = self._mask_arr if factors == (1, 1, 1) else vol.mask
+            base = Projector(vol, intr, backend=self._backend_req, step_mm=self._step_mm,
+                             mask=mask if mask is not None else False)
+            self._bases[factors] = base
+        p = base if base.intrinsics == intr else base.with_intrinsics(intr)
+        self._projectors[(factors, intr)] = p
         return p
+
+    def _projector_for(self, intr: Intrinsics) -> Projector:
+        """The projector of the finest level of detector ``intr``."""
+        return self._level_projector(intr, auto_levels(intr.width, intr.height, self.options.level_widths)[-1])
 
     def _default_view_pose(self, intr: Intrinsics) -> np.ndarray:
         """A pose looking at the anatomy centre from 0.75 SDD (warm-up only)."""
@@ -425,7 +468,6 @@ class Registrar:
         self._init_info = {}
         T0 = self._resolve_init(init, fluoro, (img, valid, intr))
         self._check_in_view(T0, intr)
-        proj = self._projector_for(intr)
         levels = auto_levels(intr.width, intr.height, opts.level_widths)
         stages["init"] = (time.perf_counter() - t_start) * 1e3
         if self._init_info:
@@ -496,7 +538,8 @@ class Registrar:
 
         try:
             for li, f in enumerate(levels):
-                lintr = proj.level_intrinsics(f)
+                lproj = self._level_projector(intr, f)
+                lintr = lproj.level_intrinsics(f)
                 target = bin_image(img, f)
                 lvalid = bin_mask(valid, f)
                 if target.shape != lintr.shape:  # odd sizes: Intrinsics.binned and bin_image agree
@@ -510,7 +553,7 @@ class Registrar:
                 um = _at(opts.use_mask, li)
                 use_mask = self._has_mask if um is None else (bool(um) and self._has_mask)
                 if use_mask:
-                    rm = proj.render(T, jacobian=False, binning=f, mask=True)
+                    rm = lproj.render(T, jacobian=False, binning=f, mask=True)
                     pm = rm.mask > 0.5 * self.volume.spacing.min()
                     rad = max(1, int(round(opts.mask_dilate_frac * lintr.width)))
                     import cv2
@@ -523,9 +566,10 @@ class Registrar:
                 min_px = min(opts.min_pixels, max(16, int(0.25 * lvalid.sum())))
                 sim = prepare_similarity(_at(opts.similarity, li), target, sel,
                                          1.0 if polarity is None else polarity,
-                                         sigma_px=float(_at(opts.sigma_px, li)), min_pixels=min_px)
+                                         sigma_px=float(_at(opts.sigma_px, li)), min_pixels=min_px,
+                                         tile_px=int(_at(opts.tile_px, li)))
 
-                def evaluate(Tc: np.ndarray, _f=f, _sim=sim, _lintr=lintr):
+                def evaluate(Tc: np.ndarray, _f=f, _sim=sim, _lintr=lintr, _proj=lproj):
                     nonlocal n_eval
                     t0 = time.perf_counter()
                     c = Tc[:3, :3] @ centre + Tc[:3, 3]
@@ -535,7 +579,7 @@ class Registrar:
                     if not (-0.5 * _lintr.width <= uv[0] <= 1.5 * _lintr.width and
                             -0.5 * _lintr.height <= uv[1] <= 1.5 * _lintr.height):
                         raise StepRejected("anatomy centre left the view")
-                    rr = proj.render(Tc, jacobian=True, binning=_f, mask=False)
+                    rr = _proj.render(Tc, jacobian=True, binning=_f, mask=False)
                     t1 = time.perf_counter()
                     drr, jac = rr.image, rr.jacobian
                     t2 = time.perf_counter()
@@ -557,11 +601,14 @@ class Registrar:
                 first = None
                 if polarity is None:
                     tp0 = time.perf_counter()
-                    rr = proj.render(T, jacobian=True, binning=f, mask=False)
+                    rr = lproj.render(T, jacobian=True, binning=f, mask=False)
                     tp1 = time.perf_counter()
                     drr0, jac0 = rr.image, rr.jacobian
                     tp2 = time.perf_counter()
-                    raw = sim.raw_correlation(drr0)
+                    # the sign of the global NCC: robust to any monotone intensity map, where a
+                    # gradient or local similarity can be near 0 at a start far from the truth
+                    psim = sim if sim.kind == "ncc" else prepare_similarity("ncc", target, sel, min_pixels=min_px)
+                    raw = psim.raw_correlation(drr0)
                     polarity = 1.0 if raw >= 0 else -1.0
                     sim.polarity = polarity
                     r0, J0, c0, v0 = sim.evaluate(drr0, jac0)
@@ -610,7 +657,7 @@ class Registrar:
                 if li == 0:
                     candidates = [T]
                 if li == opts.search_level and n_starts > 1 and not should_stop():
-                    starts = self._grid_search(T, proj, f, lintr, sim, update, n_starts, should_stop)
+                    starts = self._grid_search(T, lproj, f, lintr, sim, update, n_starts, should_stop)
                 else:
                     starts = candidates[:n_starts]
                 if li == 0 and T_int0 is not T0 and \

@@ -15,6 +15,14 @@ from the projector's image Jacobian by the chain rule.
   block scaled by ``1/sqrt(2)`` so ``0.5 ||r||^2 = 1 - s (NCC_x + NCC_y) / 2``. Sobel (and the
   optional Gaussian pre-smoothing) is linear, so the Jacobian images are filtered the same way.
 * **"ncc+gc"**: both, concatenated and scaled so the cost is ``1 - s (NCC + GC) / 2``.
+* **"lncc"** (local, patch-wise NCC): the pixel set is cut into square tiles (``tile_px`` pixels,
+  two grids offset by half a tile, so no edge sits only on a tile border) and NCC is taken per
+  tile; ``cost = 1 - s sum_p (n_p / N) NCC_p`` over the tiles ``p`` with ``n_p`` pixels. Each tile has
+  its own gain and offset, so a frame that is only *locally* an affine map of the DRR — scatter
+  (a smooth additive field that compresses contrast behind bone), beam hardening (bone/soft ratio
+  unlike ours), another HU -> mu mapping, a display LUT or edge enhancement — keeps its optimum at
+  the true pose. ``"lgc"``: the same per tile on the Sobel images. Per tile the residual and
+  Jacobian are those of NCC, so the exact-Jacobian property is kept.
 
 The pixel set (valid detector pixels, optionally the projected spine mask) is fixed per call of
 `prepare` so the cost is a smooth function of the pose between two `prepare` calls.
@@ -29,9 +37,11 @@ import numpy as np
 
 from runtime.errors import RegistrationError
 
-__all__ = ["SIMILARITIES", "PreparedSimilarity", "prepare_similarity", "normalise", "linear_filter"]
+__all__ = ["SIMILARITIES", "LOCAL", "PreparedSimilarity", "Tiles", "prepare_similarity", "make_tiles",
+           "normalise", "linear_filter"]
 
-SIMILARITIES = ("ncc", "gc", "ncc+gc")
+SIMILARITIES = ("ncc", "gc", "ncc+gc", "lncc", "lgc")
+LOCAL = ("lncc", "lgc")
 
 _SOBEL_D = np.array([-1.0, 0.0, 1.0], dtype=np.float32)
 _SOBEL_S = np.array([1.0, 2.0, 1.0], dtype=np.float32)
@@ -78,18 +88,89 @@ def normalise(x: np.ndarray) -> tuple[np.ndarray, float]:
     return c / n, n
 
 
-def _ncc_block(x: np.ndarray, jx: np.ndarray | None, t_tilde: np.ndarray, polarity: float
+@dataclass
+class Tiles:
+    """A partition of the selected pixels into groups (one group = global NCC)."""
+
+    member: np.ndarray
+    # (M,) int64 index into the selected pixels of each entry (M = N, or 2 N for two tilings)
+    group: np.ndarray
+    # (M,) int64 group of each entry
+    count: np.ndarray
+    # (G,) pixels per group
+    weight: np.ndarray
+    # (G,) residual scale of each group: sqrt(n_p / N), 0 for groups too small or flat
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.count.size)
+
+
+def global_tiles(n: int) -> Tiles:
+    return Tiles(np.arange(n, dtype=np.int64), np.zeros(n, np.int64), np.array([n], np.int64), np.ones(1))
+
+
+def make_tiles(index: np.ndarray, shape: tuple[int, int], tile_px: int, target: np.ndarray,
+               min_px: int = 12) -> Tiles:
+    """Two square tilings of the selected pixels (flat ``index`` into ``shape``), the second offset by
+    half a tile, so every pixel is in two tiles. Tiles with fewer than ``min_px`` pixels, or where
+    ``target`` (the selected target values) is flat, get weight 0; the weights are scaled so their
+    squares sum to 1."""
+    H, W = shape
+    t = max(2, int(tile_px))
+    v, u = np.divmod(index, W)
+    groups, counts = [], []
+    offset = 0
+    for shift in (0, t // 2):
+        nu = (W + shift) // t + 1
+        g = ((v + shift) // t) * nu + (u + shift) // t
+        uniq, inv, cnt = np.unique(g, return_inverse=True, return_counts=True)
+        groups.append(inv.astype(np.int64) + offset)
+        counts.append(cnt)
+        offset += uniq.size
+    group = np.concatenate(groups)
+    count = np.concatenate(counts).astype(np.int64)
+    member = np.concatenate([np.arange(index.size, dtype=np.int64)] * 2)
+    tiles = Tiles(member, group, count, np.ones(count.size))
+    _, tnorm = _grouped_normalise(np.asarray(target, np.float64)[member], tiles)
+    scale = max(float(np.max(tnorm)), 1e-300)
+    ok = (count >= min_px) & (tnorm > 1e-6 * scale)
+    w2 = np.where(ok, count, 0).astype(np.float64)
+    tiles.weight = np.sqrt(w2 / max(w2.sum(), 1.0))
+    return tiles
+
+
+def _grouped_normalise(x: np.ndarray, tiles: Tiles) -> tuple[np.ndarray, np.ndarray]:
+    """Per group zero-mean unit-norm copy of ``x`` (groups with zero norm give 0) and the norms."""
+    g, G = tiles.group, tiles.n_groups
+    mean = np.bincount(g, x, G) / np.maximum(tiles.count, 1)
+    c = x - mean[g]
+    norm = np.sqrt(np.bincount(g, c * c, G))
+    inv = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+    return c * inv[g], norm
+
+
+def _ncc_block(x: np.ndarray, jx: np.ndarray | None, t_tilde: np.ndarray, polarity: float, tiles: Tiles
                ) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Residual, Jacobian and NCC of one block. ``x`` (N,), ``jx`` (N, 6) or None."""
-    x_tilde, n = normalise(x)
-    ncc = float(x_tilde @ t_tilde)
-    r = x_tilde - polarity * t_tilde
+    """Residual, Jacobian and (weighted mean) NCC of one block. ``x`` (N,) the selected pixels,
+    ``jx`` (N, 6) or None, ``t_tilde`` (M,) the per-tile normalised target of the tile entries."""
+    g, G = tiles.group, tiles.n_groups
+    if tiles.member.size != x.size or G > 1:
+        x = x[tiles.member]
+        jx = None if jx is None else jx[tiles.member]
+    x_tilde, n = _grouped_normalise(np.asarray(x, np.float64), tiles)
+    w = tiles.weight * (n > 0)
+    ncc_g = np.bincount(g, x_tilde * t_tilde, G)
+    ncc = float(np.sum(tiles.weight ** 2 * ncc_g))
+    r = tiles.weight[g] * (x_tilde - polarity * t_tilde)
     if jx is None:
         return r, None, ncc
-    if n == 0.0:  # flat DRR on the pixel set: no information, no direction
-        return r, np.zeros((len(x), jx.shape[1])), ncc
-    jc = jx - jx.mean(axis=0, keepdims=True)
-    J = (jc - np.outer(x_tilde, x_tilde @ jc)) / n
+    cnt = np.maximum(tiles.count, 1)[:, None]
+    jmean = np.stack([np.bincount(g, jx[:, k], G) for k in range(jx.shape[1])], 1) / cnt
+    jc = jx - jmean[g]
+    proj = np.stack([np.bincount(g, x_tilde * jc[:, k], G) for k in range(jx.shape[1])], 1)
+    scale = np.where(n > 0, w / np.where(n > 0, n, 1.0), 0.0)
+    J = (jc - x_tilde[:, None] * proj[g]) * scale[g][:, None]
     return r, J, ncc
 
 
@@ -99,32 +180,40 @@ class PreparedSimilarity:
 
     Use `evaluate(drr, jac)`; the result is ``(r, J, cost, value)`` with ``cost = 0.5 ||r||^2``
     and ``value`` the similarity in [-1, 1] (1 = identical up to a positive/negative affine
-    intensity map, depending on the polarity).
+    intensity map — per tile for the local kinds —, depending on the polarity).
     """
 
     kind: str
-    # "ncc" | "gc" | "ncc+gc"
+    # "ncc" | "gc" | "ncc+gc" | "lncc" | "lgc"
     index: np.ndarray
     # flat indices (int64) of the pixels used
     shape: tuple[int, int]
     # (H, W) of the level
     targets: list[np.ndarray]
-    # normalised target vector of each block
+    # normalised target vector of each block (per tile entry for the local kinds)
     filters: list[tuple[np.ndarray, np.ndarray] | None]
     # per block: separable filter (kx, ky) or None for the raw image
     weights: list[float]
     # per block residual scale (1/sqrt(n_blocks))
     polarity: float = 1.0
     # +1: DRR and X-ray intensities correlate positively; -1: inverted display
+    tiles: Tiles | None = None
+    # the tiling of the local kinds (None: one global group)
 
     @property
     def n_pixels(self) -> int:
         return int(self.index.size)
 
+    def _tiles(self) -> Tiles:
+        if self.tiles is None:
+            self.tiles = global_tiles(self.index.size)
+        return self.tiles
+
     def evaluate(self, drr: np.ndarray, jac: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, float, float]:
         if drr.shape != self.shape:
             raise RegistrationError(f"DRR shape {drr.shape} differs from the prepared level {self.shape}")
+        tiles = self._tiles()
         rs, Js, vals = [], [], []
         for t_tilde, filt, w in zip(self.targets, self.filters, self.weights):
             img = drr if filt is None else linear_filter(drr, *filt)
@@ -133,7 +222,7 @@ class PreparedSimilarity:
             if jac is not None:
                 jimg = jac if filt is None else linear_filter(jac, *filt)
                 jx = jimg.reshape(jimg.shape[0], -1)[:, self.index].T.astype(np.float64)
-            r, J, v = _ncc_block(x, jx, t_tilde, self.polarity)
+            r, J, v = _ncc_block(x, jx, t_tilde, self.polarity, tiles)
             rs.append(w * r)
             Js.append(None if J is None else w * J)
             vals.append(v)
@@ -145,21 +234,21 @@ class PreparedSimilarity:
 
     def raw_correlation(self, drr: np.ndarray) -> float:
         """Mean correlation of the blocks without the polarity (sign tells the polarity)."""
+        tiles = self._tiles()
         vals = []
         for t_tilde, filt in zip(self.targets, self.filters):
             img = drr if filt is None else linear_filter(drr, *filt)
-            x_tilde, _ = normalise(img.reshape(-1)[self.index])
-            vals.append(float(x_tilde @ t_tilde))
+            vals.append(_ncc_block(img.reshape(-1)[self.index], None, t_tilde, 1.0, tiles)[2])
         return float(sum(w * w * v for w, v in zip(self.weights, vals)))
 
 
 def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarity: float = 1.0,
-                       sigma_px: float = 0.0, min_pixels: int = 64) -> PreparedSimilarity:
+                       sigma_px: float = 0.0, min_pixels: int = 64, tile_px: int = 16) -> PreparedSimilarity:
     """Bind a similarity to ``target`` (H, W) on the pixels where ``valid`` (H, W bool) holds.
 
     For the gradient blocks the pixel set is eroded by the filter radius, so the Sobel never
-    straddles the collimator edge or an excluded region. Raises `RegistrationError` when fewer
-    than ``min_pixels`` remain or the target is flat there.
+    straddles the collimator edge or an excluded region. ``tile_px``: tile size of the local kinds.
+    Raises `RegistrationError` when fewer than ``min_pixels`` remain or the target is flat there.
     """
     if kind not in SIMILARITIES:
         raise RegistrationError(f"unknown similarity {kind!r}; choose one of {', '.join(SIMILARITIES)}")
@@ -168,7 +257,7 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
     if target.shape != valid.shape:
         raise RegistrationError(f"target {target.shape} and valid mask {valid.shape} differ in shape")
     blocks: list[tuple[np.ndarray, np.ndarray] | None] = []
-    if kind in ("ncc", "ncc+gc"):
+    if kind in ("ncc", "ncc+gc", "lncc"):
         # sigma_px > 0: NCC of Gaussian-smoothed images (the same linear filter on the Jacobian),
         # which damps the per-pixel sampling ripple of the DRR's depth derivative
         if sigma_px > 0:
@@ -176,7 +265,7 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
             blocks.append((g, g))
         else:
             blocks.append(None)
-    if kind in ("gc", "ncc+gc"):
+    if kind in ("gc", "ncc+gc", "lgc"):
         blocks += [_filter_kernels("x", sigma_px), _filter_kernels("y", sigma_px)]
     sel = valid
     if any(b is not None for b in blocks):
@@ -188,11 +277,20 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
         raise RegistrationError(
             f"only {index.size} usable pixels for {kind} (need {min_pixels}): the valid region or "
             "the projected mask is too small at this detector level")
+    filtered = [(target if filt is None else linear_filter(target, *filt)).reshape(-1)[index].astype(np.float64)
+                for filt in blocks]
+    if kind in LOCAL:
+        tiles = make_tiles(index, target.shape, tile_px, np.sum([f * f for f in filtered], 0)
+                           if len(filtered) > 1 else filtered[0])
+        if not np.any(tiles.weight > 0):
+            raise RegistrationError("the X-ray frame is flat in every tile of the valid pixels: nothing to register to")
+    else:
+        tiles = global_tiles(index.size)
     targets = []
-    for filt in blocks:
-        img = target if filt is None else linear_filter(target, *filt)
-        t_tilde, n = normalise(img.reshape(-1)[index])
-        if n == 0.0:
+    for f in filtered:
+        f = f[tiles.member] if tiles.member.size != f.size or tiles.n_groups > 1 else f
+        t_tilde, n = _grouped_normalise(f, tiles)
+        if not np.any(n[tiles.weight > 0] > 0):
             raise RegistrationError("the X-ray frame is flat on the valid pixels: nothing to register to")
         targets.append(t_tilde)
     # ncc+gc: the NCC block counts as much as the two GC blocks together
@@ -201,4 +299,4 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
     else:
         weights = [1.0 / np.sqrt(len(blocks))] * len(blocks)
     return PreparedSimilarity(kind, index, target.shape, targets, blocks, [float(w) for w in weights],
-                              float(polarity))
+                              float(polarity), tiles)

@@ -170,6 +170,33 @@ class Volume:
         A[:3, 3] = self.index_to_world(np.array([lo[2], lo[1], lo[0]], float))
         return Volume(self.data[sl], A, self.mask[sl])
 
+    def binned(self, factors: tuple[int, int, int]) -> "Volume":
+        """Block-average by integer ``factors`` = (fi, fj, fk) along columns, rows, slices.
+
+        The grid is zero-padded to a multiple of the factors (mu = 0 outside, as everywhere), so
+        line integrals are preserved up to the coarser sampling; the new voxel centre is the centre
+        of its block. The mask keeps a label where any voxel of the block has one (the largest)."""
+        fi, fj, fk = (int(f) for f in factors)
+        if min(fi, fj, fk) < 1:
+            raise VolumeError(f"binning factors must be >= 1, got {factors}")
+        if (fi, fj, fk) == (1, 1, 1):
+            return self
+        nk, nj, ni = self.shape
+        mk, mj, mi = -(-nk // fk), -(-nj // fj), -(-ni // fi)
+        if min(mk, mj, mi) < 2:
+            raise VolumeError(f"binning {factors} leaves fewer than 2 voxels along an axis of {self.shape}")
+
+        def blocks(a: np.ndarray, fill) -> np.ndarray:
+            pad = ((0, mk * fk - nk), (0, mj * fj - nj), (0, mi * fi - ni))
+            return np.pad(a, pad, constant_values=fill).reshape(mk, fk, mj, fj, mi, fi)
+
+        data = blocks(self.data, 0.0).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+        mask = None if self.mask is None else blocks(self.mask, 0).max(axis=(1, 3, 5))
+        A = self.affine.copy()
+        A[:3, :3] = self.affine[:3, :3] * np.array([fi, fj, fk], float)
+        A[:3, 3] = self.index_to_world(np.array([(fi - 1) / 2, (fj - 1) / 2, (fk - 1) / 2]))
+        return Volume(data, A, mask)
+
     def resample_cubic(self, n: int = 128, spacing_mm: float | None = None) -> "Volume":
         """Resample to an n^3 grid with isotropic spacing, same axes directions, same centre.
 

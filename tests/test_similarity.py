@@ -25,7 +25,7 @@ def _model(p, basis, base):
     return img.astype(np.float32), jac.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["ncc", "gc", "ncc+gc", "ncc-smoothed"])
+@pytest.mark.parametrize("kind", ["ncc", "gc", "ncc+gc", "ncc-smoothed", "lncc", "lgc"])
 @pytest.mark.parametrize("polarity", [1.0, -1.0])
 def test_jacobian_matches_finite_differences(kind, polarity):
     sigma = 0.0 if kind == "ncc" else 0.7     # "ncc-smoothed": NCC of Gaussian-smoothed images
@@ -36,7 +36,7 @@ def test_jacobian_matches_finite_differences(kind, polarity):
     target = -2.5 * base + 7.0 if polarity < 0 else 3.0 * base + 1.0
     valid = np.ones(base.shape, bool)
     valid[:5, :] = False
-    sim = prepare_similarity(kind, target, valid, polarity=polarity, sigma_px=sigma)
+    sim = prepare_similarity(kind, target, valid, polarity=polarity, sigma_px=sigma, tile_px=12)
     p = rng.normal(0, 0.3, 6)
     img, jac = _model(p, basis, base)
     r, J, cost, value = sim.evaluate(img, jac)
