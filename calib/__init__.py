@@ -12,6 +12,7 @@ from calib.errors import (
 from calib.geometry import Intrinsics
 from calib.frame import FluoroFrame
 from calib.dicom import intrinsics_from_dataset, iter_fluoro, read_fluoro
+from calib.field import FieldEstimate, detect_field
 from calib.writer import write_xa
 from calib.distortion import Distortion, fit_distortion, fit_distortion_from_grid
 from calib.calibration import (
@@ -36,6 +37,8 @@ __all__ = [
     "read_fluoro",
     "iter_fluoro",
     "intrinsics_from_dataset",
+    "FieldEstimate",
+    "detect_field",
     "write_xa",
     "Distortion",
     "fit_distortion",

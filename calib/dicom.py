@@ -290,6 +290,29 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
     return mask
 
 
+def _has_shutter_tags(ds: Any, frame: int) -> bool:
+    """True when the object (or this frame's functional groups) carries a Collimator or Shutter Shape."""
+    return any(_str(_lookup(ds, frame, kw)) for kw in ("CollimatorShape", "ShutterShape"))
+
+
+def _detected_field(values: np.ndarray, model: IntensityModel, sop: str, valid: np.ndarray,
+                    warns: list[str]) -> np.ndarray:
+    """No shutter / collimator tags: the collimated field found in the pixels (`calib.field`), or
+    ``valid`` unchanged when none is found. Works on the stored frame, before the log, so that the dark
+    outside neither enters the I0 estimate nor counts as impossible intensities."""
+    from calib.field import detect_field
+
+    # orient the values so that higher = more X-ray intensity; then the outside is dark ("counts")
+    img = values if model.sign > 0 else -values
+    known = sop in _FLUORO and model.relationship in ("LIN", "LOG")
+    est = detect_field(img, valid, domain="counts" if known else "auto")
+    if est.kind == "none":
+        return valid
+    warns.append("no shutter/collimator tags: collimated field detected from the pixels "
+                 f"({est.describe()}, stored-frame coordinates); pixels outside marked invalid")
+    return est.mask
+
+
 # --------------------------------------------------------------------------------------------- geometry
 def _orientation(ds: Any, frame: int, warns: list[str]) -> tuple[int, bool]:
     rot_v = _lookup(ds, frame, "FieldOfViewRotation")
@@ -422,7 +445,7 @@ def _timing(ds: Any, frame: int) -> tuple[float | None, float | None]:
 # --------------------------------------------------------------------------------------------- reader
 def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray, *,
                  intrinsics: Intrinsics | None, calibration: Any, i0: float | None,
-                 log_scale: float | None) -> FluoroFrame:
+                 log_scale: float | None, detect_field: bool = True) -> FluoroFrame:
     warns: list[str] = []
     name = path or "<dataset>"
     sop_uid = _str(ds.get("SOPClassUID", ""))
@@ -436,6 +459,8 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
     values, vmax, lut = _modality(ds, frame, arr, sop)
     model = _intensity_model(ds, frame, sop, lut, vmax, warns)
     stored_valid = _valid_mask(ds, frame, stored_shape, warns)
+    if detect_field and not _has_shutter_tags(ds, frame):
+        stored_valid = _detected_field(values, model, sop, stored_valid, warns)
     rot, flip = _orientation(ds, frame, warns)
     if calibration is not None and getattr(calibration, "mirrored", False):
         flip = not flip
@@ -509,14 +534,16 @@ def _open_for_frames(src: Any, calibration: Any) -> tuple[Any, Any, str | None, 
 
 def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intrinsics | None = None,
                 calibration: Any = None, *, i0: float | None = None,
-                log_scale: float | None = None) -> FluoroFrame:
+                log_scale: float | None = None, detect_field: bool = True) -> FluoroFrame:
     """Read one frame of an X-ray projection DICOM object.
 
     ``frame``: 0-based index (None = first frame). ``intrinsics``: overrides the tags. ``calibration``: a
     `Calibration` (or a profile name / path for `load_calibration`); overrides the tags and undistorts.
     ``i0``: unattenuated intensity (default: 99.5th percentile of the valid pixels). ``log_scale``: modality
-    units per natural-log unit for LOG data. Raises `DicomReadError`, `DicomIntensityError`,
-    `DicomGeometryError`; never a bare pydicom exception.
+    units per natural-log unit for LOG data. ``detect_field``: when the object has no shutter /
+    collimator tags, find the collimated field in the pixels (`calib.detect_field`) and mark the outside
+    invalid (recorded in ``warnings``); objects with such tags always use the tags. Raises
+    `DicomReadError`, `DicomIntensityError`, `DicomGeometryError`; never a bare pydicom exception.
     """
     calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration)
     name = path or "<dataset>"
@@ -536,7 +563,7 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
                                          "calibration=): " + "; ".join(problems))
         arr = _decode_frame(ds, path, int(idx))
         return _build_frame(ds, path, int(idx), n, arr, intrinsics=intrinsics, calibration=calibration,
-                            i0=i0, log_scale=log_scale)
+                            i0=i0, log_scale=log_scale, detect_field=detect_field)
     except CalibError:
         raise
     except Exception as exc:  # anything pydicom/numpy raised on malformed content
@@ -545,11 +572,12 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
 
 def iter_fluoro(path_or_dataset: Any, intrinsics: Intrinsics | None = None, calibration: Any = None, *,
                 frames: Any = None, i0: float | None = None,
-                log_scale: float | None = None) -> Iterator[FluoroFrame]:
+                log_scale: float | None = None, detect_field: bool = True) -> Iterator[FluoroFrame]:
     """Lazily yield `FluoroFrame`s of a (cine) multi-frame object, one decoded frame at a time.
 
     ``frames``: iterable of 0-based indices (default all). For a path, each frame is decoded from the
-    file on demand (pydicom ``iter_pixels``), so memory stays at one frame.
+    file on demand (pydicom ``iter_pixels``), so memory stays at one frame. ``detect_field``: as in
+    `read_fluoro` (per frame: the collimator may move during a run).
     """
     from pydicom.pixels import iter_pixels
 
@@ -572,7 +600,7 @@ def iter_fluoro(path_or_dataset: Any, intrinsics: Intrinsics | None = None, cali
             except Exception as exc:
                 raise DicomReadError(f"{name}: cannot decode frame {i}: {type(exc).__name__}: {exc}") from None
             yield _build_frame(ds, path, i, n, arr, intrinsics=intrinsics, calibration=calibration,
-                               i0=i0, log_scale=log_scale)
+                               i0=i0, log_scale=log_scale, detect_field=detect_field)
     except CalibError:
         raise
     except Exception as exc:
