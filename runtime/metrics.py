@@ -38,15 +38,20 @@ def mean_tre_mm(T_est: np.ndarray, T_true: np.ndarray, points_ct: np.ndarray) ->
 
 
 def reprojection_distance_mm(T_est: np.ndarray, T_true: np.ndarray, points_ct: np.ndarray,
-                             intrinsics: Intrinsics) -> float:
-    """Mean 2-D distance (mm at the detector) between the projections of CT points (N, 3)."""
+                             intrinsics: Intrinsics, intrinsics_est: Intrinsics | None = None) -> float:
+    """Mean 2-D distance (mm at the detector) between the projections of CT points (N, 3).
+
+    ``intrinsics_est``: the detector model the estimate was made with, when it differs from the
+    true one (nominal intrinsics of an uncalibrated C-arm): the distance is then the overlay error
+    as the registrar draws it (``T_est`` through ``intrinsics_est`` vs ``T_true`` through
+    ``intrinsics``)."""
     p = np.asarray(points_ct, float)
 
-    def proj(T: np.ndarray) -> np.ndarray:
+    def proj(T: np.ndarray, intr: Intrinsics) -> np.ndarray:
         T = np.asarray(T, float)
-        return intrinsics.project(p @ T[:3, :3].T + T[:3, 3])
+        return intr.project(p @ T[:3, :3].T + T[:3, 3])
 
-    d = proj(T_est) - proj(T_true)
+    d = proj(T_est, intrinsics_est or intrinsics) - proj(T_true, intrinsics)
     d_mm = np.hypot(d[:, 0] * intrinsics.du_mm, d[:, 1] * intrinsics.dv_mm)
     if not np.all(np.isfinite(d_mm)):
         return float("inf")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -45,6 +45,7 @@ import numpy as np
 from calib.geometry import Intrinsics
 from runtime.confidence import ConfidenceModel, assess, projection_jacobian
 from runtime.errors import FrameMismatchError, RegistrationError
+from runtime.outliers import outlier_mask
 from runtime.pose import hat, left_update, validate_pose
 from runtime.projector import Projector
 from runtime.result import Confidence, RegistrationResult
@@ -59,33 +60,35 @@ __all__ = ["Registrar", "RegistrarOptions", "bin_image", "bin_mask", "auto_level
 class RegistrarOptions:
     """Tuning knobs of the intensity stage (defaults: the benchmarked configuration)."""
 
-    similarity: str | tuple[str, ...] = "ncc"
-    # "ncc" | "gc" | "ncc+gc" (see runtime.similarity), or one per level (coarse to fine; the last
-    # entry repeats). NCC has the wider basin (coarse levels), GC the sharper optimum.
-    tile_px: int | tuple[int, ...] = 16
+    similarity: str | tuple[str, ...] = "lgc"
+    # "lgc" | "lncc" | "gc" | "ncc" | "ncc+gc" (see runtime.similarity), or one per level (coarse to
+    # fine; the last entry repeats). "lgc" (gradient correlation per tile) is the one that holds on
+    # real X-ray physics, clutter and display-processed frames (docs/benchmarks_registration.md);
+    # "ncc" is the best only when the frame is a linear function of our own DRR
+    tile_px: int | tuple[int, ...] = (16, 16, 32)
     # tile size (pixels of the level) of the local similarities "lncc" / "lgc", per level
     polarity: str | float = "auto"
     # "auto": decided once per frame from the initial DRR; +1 / -1 to force
-    level_widths: tuple[int, ...] = (16, 32, 64, 128)
+    level_widths: tuple[int, ...] = (32, 64, 128)
     # target detector widths of the pyramid (coarse to fine), realised as power-of-2 binnings of the
     # frame; the finest is capped at the frame's width
-    max_iterations: tuple[int, ...] = (20, 20, 10, 5)
+    max_iterations: tuple[int, ...] = (20, 10, 5)
     # evaluations per level and start (the last entry repeats for extra levels)
-    max_step_mm: tuple[float, ...] = (30.0, 20.0, 10.0, 5.0)
+    max_step_mm: tuple[float, ...] = (20.0, 10.0, 5.0)
     # trust-region cap of one step per level (mm; rotations as rho * angle)
-    xtol_px: float | tuple[float, ...] = (0.05, 0.02, 0.005, 0.02)
+    xtol_px: float | tuple[float, ...] = (0.02, 0.005, 0.02)
     # converged when a step moves the anatomy (RMS over the mask points, predicted) by less than this
     # many pixels of the level (or one per level)
-    rtol: float | tuple[float, ...] = (0.0, 0.0, 0.0, 1e-3)
+    rtol: float | tuple[float, ...] = (0.0, 0.0, 1e-3)
     # ... or when the cost fell by less than rtol * cost over the last two accepted steps (per level)
     rho_mm: float = 100.0
     # lever arm (mm) that turns rotation angles into mm
-    use_mask: bool | None | tuple = (False, False, False, None)
+    use_mask: bool | None | tuple = (False, False, None)
     # restrict to the projected spine mask (dilated); None = when a mask is available; or one
     # per level (the start pose of a coarse level may be far off: the whole view is safer there)
     mask_dilate_frac: float = 0.08
     # dilation of the projected mask as a fraction of the level width
-    sigma_px: float | tuple[float, ...] = (0.0, 0.0, 1.0, 1.0)
+    sigma_px: float | tuple[float, ...] = (0.0, 1.0, 1.5)
     # Gaussian pre-smoothing (pixels of the level) of image and DRR (NCC) or of the gradient
     # similarities, per level: on the fine levels it damps the DRR's sampling ripple in the depth
     # derivative, which otherwise inflates J^T J along depth and makes LM crawl there
@@ -104,8 +107,15 @@ class RegistrarOptions:
     starts_per_level: int | tuple[int, ...] = (4, 1)
     # LM starts per level (the last entry repeats): at the search level the start pose and the best
     # grid minima, at later levels the best distinct results of the previous level
-    confidence: ConfidenceModel = field(default_factory=ConfidenceModel)
-    # thresholds of res.confidence
+    confidence: ConfidenceModel | None = None
+    # thresholds of res.confidence; None = the calibrated default of the finest level's similarity
+    # (ConfidenceModel.for_similarity)
+    reject_outliers: bool | tuple[bool, ...] = True
+    # per level: drop the pixels that a per-tile affine map of the DRR at the level's start pose
+    # cannot explain (instruments, gas; runtime.outliers) from that level's pixel set (a level
+    # left with too few pixels keeps them)
+    outlier_k: float = 4.0
+    # ... beyond this many robust standard deviations of the fit residual
     voxels_per_pixel: float | None = 1.5
     # working resolution: each level renders a block-averaged copy of the CT whose voxels are
     # about this many times the level's pixel footprint at the anatomy (power-of-2 factors per
@@ -564,10 +574,32 @@ class Registrar:
                     else:
                         warnings.append(f"level {f}: projected mask too small, using the whole valid region")
                 min_px = min(opts.min_pixels, max(16, int(0.25 * lvalid.sum())))
-                sim = prepare_similarity(_at(opts.similarity, li), target, sel,
-                                         1.0 if polarity is None else polarity,
-                                         sigma_px=float(_at(opts.sigma_px, li)), min_pixels=min_px,
-                                         tile_px=int(_at(opts.tile_px, li)))
+                pixel_sets = [sel, lvalid] if sel is not lvalid else [sel]
+                if _at(opts.reject_outliers, li):
+                    # instruments / gas: pixels a per-tile affine map of the DRR at the level's
+                    # start pose cannot explain leave the pixel set (runtime.outliers)
+                    drr_s = lproj.render(T, jacobian=False, binning=f, mask=False).image
+                    bad = outlier_mask(target, drr_s, sel, tile_px=int(_at(opts.tile_px, li)),
+                                       k=opts.outlier_k)
+                    if bad.any() and (sel & ~bad).sum() >= 0.5 * sel.sum():
+                        pixel_sets.insert(0, sel & ~bad)
+                sim = None
+                for k_set, pset in enumerate(pixel_sets):
+                    try:
+                        sim = prepare_similarity(_at(opts.similarity, li), target, pset,
+                                                 1.0 if polarity is None else polarity,
+                                                 sigma_px=float(_at(opts.sigma_px, li)), min_pixels=min_px,
+                                                 tile_px=int(_at(opts.tile_px, li)))
+                        sel = pset
+                        break
+                    except RegistrationError:
+                        # too few usable pixels (small field, filter erosion, many outliers):
+                        # a larger pixel set, else the next level; the finest level must work
+                        if k_set + 1 == len(pixel_sets) and li + 1 == len(levels):
+                            raise
+                if sim is None:
+                    warnings.append(f"level {f}: too few usable pixels, level skipped")
+                    continue
 
                 def evaluate(Tc: np.ndarray, _f=f, _sim=sim, _lintr=lintr, _proj=lproj):
                     nonlocal n_eval
@@ -718,7 +750,8 @@ class Registrar:
             similarity = float("nan")
         else:
             r, J, similarity, lintr = last
-            conf = assess(r, J, similarity, T, self.points_ct, centre, lintr, rho, opts.confidence,
+            cmodel = opts.confidence or ConfidenceModel.for_similarity(str(_at(opts.similarity, len(levels) - 1)))
+            conf = assess(r, J, similarity, T, self.points_ct, centre, lintr, rho, cmodel,
                           hard_failure=hard_failure)
         stages["confidence"] = (time.perf_counter() - t_conf) * 1e3
         stop_reason = status

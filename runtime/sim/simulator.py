@@ -72,6 +72,15 @@ class SimulatedFrame:
         return write_frame(self, path, pir=pir, **kw)
 
 
+def _central_median(img: np.ndarray, valid: np.ndarray) -> float:
+    """Median of ``img`` over the central quarter (half width, half height) of the field."""
+    H, W = img.shape
+    sel = np.zeros_like(valid)
+    sel[H // 4:H - H // 4, W // 4:W - W // 4] = True
+    sel &= valid
+    return float(np.median(img[sel])) if sel.any() else float(np.median(img))
+
+
 class XraySimulator:
     """Simulates frames of one CT on one detector; the material projectors are built once."""
 
@@ -135,6 +144,8 @@ class XraySimulator:
         valid = field_mask(intr, c.collimation)
         dose = NOMINAL_DOSE if c.dose is None else float(c.dose)
         gain = det.heel_gain(intr.shape, c.heel, c.heel_axis_deg) if c.heel else 1.0
+        if c.aec is not None and c.dose is not None:
+            dose = float(c.aec) / max(_central_median(trans * gain, valid), 1e-12)
         primary = (dose * gain * np.where(valid, 1.0, c.collimation.transmission) * trans).astype(np.float32)
         sigma_px = c.scatter_sigma_mm / intr.du_mm
         signal = primary + det.scatter_field(primary, c.spr, sigma_px,

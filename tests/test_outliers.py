@@ -1,0 +1,46 @@
+"""Outlier pixels (instruments / gas) by a robust per-tile affine fit of the frame to the DRR."""
+
+import numpy as np
+
+from calib.geometry import Intrinsics
+from runtime.outliers import outlier_mask
+from runtime.phantom import make_phantom
+from runtime.projector import Projector
+from runtime.synthetic import pa_pose
+
+
+def _drr():
+    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    intr = Intrinsics.perlove_plx118f(8)
+    return Projector(vol, intr, backend="cpu", mask=False).render(pa_pose(vol.centre)).image.astype(np.float64)
+
+
+def test_finds_a_wire_and_a_gas_pocket_and_little_else():
+    drr = _drr()
+    H, W = drr.shape
+    rng = np.random.default_rng(0)
+    # the frame: a smoothly varying gain and offset (scatter, another mu mapping) plus noise
+    v, u = np.mgrid[0:H, 0:W] / W
+    frame = (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape)
+    clean = outlier_mask(frame, drr, np.ones(drr.shape, bool), dilate_px=0)
+    assert clean.mean() < 0.01
+    wire = np.zeros(drr.shape, bool)
+    wire[30:100, 60:62] = True                                   # a K-wire: much more attenuation
+    gas = (u * W - 40) ** 2 + (v * H - 90) ** 2 < 36             # gas: less attenuation
+    frame = frame + 3.0 * drr.std() * wire - 1.5 * drr.std() * gas
+    bad = outlier_mask(frame, drr, np.ones(drr.shape, bool), dilate_px=0)
+    assert bad[wire].mean() > 0.9 and bad[gas].mean() > 0.6
+    assert bad[~(wire | gas)].mean() < 0.01
+    # the dilated mask covers the wire's border, never leaves the pixel set, respects the cap
+    sel = np.ones(drr.shape, bool)
+    sel[:, :20] = False
+    dil = outlier_mask(frame, drr, sel, dilate_px=1)
+    assert not dil[~sel].any() and dil[wire & sel].all()
+    capped = outlier_mask(frame, drr, sel, max_fraction=0.002, dilate_px=0)
+    assert capped.sum() <= int(0.002 * sel.sum())
+
+
+def test_degenerate_inputs_give_no_outliers():
+    drr = _drr()
+    assert not outlier_mask(drr, drr, np.zeros(drr.shape, bool)).any()      # empty pixel set
+    assert not outlier_mask(np.ones_like(drr), drr, np.ones(drr.shape, bool)).any()   # flat frame
