@@ -156,3 +156,53 @@ def test_bin_image_matches_intrinsics_binning():
     intr = Intrinsics.centred(1000.0, 0.5, 130, 98)
     img = np.arange(98 * 130, dtype=np.float32).reshape(98, 130)
     assert bin_image(img, 4).shape == intr.binned(4).shape
+
+
+def test_physics_frame_with_instruments_and_display_chain():
+    # a frame the registrar's intensity model did not make: polychromatic spectrum (beam
+    # hardening), scatter, heel, blur, noise, a K-wire and a screw, display-processed 8-bit, round
+    # field; the registrar is told nothing about any of it
+    sim_mod = pytest.importorskip("runtime.sim")
+    pytest.importorskip("spekpy")
+    pytest.importorskip("xraydb")
+    vol = make_phantom(shape=(96, 96, 96), spacing=(2.0, 2.0, 2.0))
+    intr = Intrinsics.perlove_plx118f(8)
+    reg = Registrar(vol, intr, backend="cpu")
+    Tt = pa_pose(reg.centre_ct)
+    c = reg.centre_ct
+    objects = [sim_mod.kwire(c + [10.0, -5.0, 8.0], [0.3, 1.0, 0.2]),
+               sim_mod.pedicle_screw(c + [-14.0, 20.0, -10.0], [0.25, -1.0, 0.05])]
+    cfg = sim_mod.SimConfig.display(grid=True, collimation=sim_mod.Collimation("round"),
+                                    display_params=sim_mod.DisplayParams(bits=8, polarity="bone_dark"))
+    fr = sim_mod.XraySimulator(vol, intr, cfg).simulate(Tt, rng=3, objects=objects)
+    pts = vol.mask_points(max_points=2000)
+    T0 = perturb_pose(Tt, c, [2.0, -1.5, 1.5], [5.0, -4.0, 5.0])
+    res = reg.register(fr, init=T0)
+    assert reprojection_distance_mm(res.pose, Tt, pts, intr) < 0.5
+    assert res.polarity == -1.0 and res.confidence.accepted
+    # the old configuration (global NCC, no outlier rejection) is pulled off by the same frame
+    old = Registrar(vol, intr, backend="cpu", similarity="ncc", reject_outliers=False)
+    assert reprojection_distance_mm(old.register(fr, init=T0).pose, Tt, pts, intr) > 1.0
+
+
+@pytest.mark.parametrize("pir", ["LOG", "DISP"])
+def test_simulated_dicom_read_and_registered(tmp_path, pir):
+    # the full path a C-arm frame takes: physics simulator -> XA object (LOG or DISP data, no
+    # shutter tags written for the round field) -> calib.read_fluoro (field detected from the
+    # image) -> register, without being told the file's intensity model
+    sim_mod = pytest.importorskip("runtime.sim")
+    pytest.importorskip("spekpy")
+    pytest.importorskip("xraydb")
+    from calib.dicom import read_fluoro
+    vol = make_phantom(shape=(96, 96, 96), spacing=(2.0, 2.0, 2.0))
+    intr = Intrinsics.perlove_plx118f(8)
+    reg = Registrar(vol, intr, backend="cpu")
+    Tt = pa_pose(reg.centre_ct)
+    cfg = sim_mod.SimConfig.display(grid=False, collimation=sim_mod.Collimation("round"))
+    fr = sim_mod.XraySimulator(vol, intr, cfg).simulate(Tt, rng=4)
+    w = fr.to_dicom(tmp_path / "frame.dcm", pir=pir, circular_collimator=None)
+    got = read_fluoro(w.path)
+    assert got.valid.mean() < 0.8                       # the round field, detected from the image
+    T0 = perturb_pose(Tt, reg.centre_ct, [1.5, -1.5, 1.0], [4.0, -3.0, 5.0])
+    res = reg.register(got, init=T0)
+    assert reprojection_distance_mm(res.pose, Tt, vol.mask_points(max_points=2000), intr) < 0.5

@@ -100,7 +100,14 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
         check = worker.convention_check(Intrinsics.perlove_plx118f(4), random_near_ap_pose(
             np.random.default_rng(seed), reg.centre_ct))
         print(f"[{ct}] DiffDRR vs ours at case {seed}'s pose: {json.dumps(check)}", file=sys.stderr, flush=True)
-        src.sim.paths.external = lambda vol_m, T, fine: worker.render_volume(vol_m, T, fine)
+        # the CT's water and bone channels ray-cast by DiffDRR's Siddon renderer (one worker each);
+        # the tiny metal channel (saturated CT voxels) stays ours
+        paths = src.sim.paths
+        workers = {}
+        for name in ("water", "bone"):
+            if name in paths.projectors:
+                workers[name] = w = DiffDRRWorker(paths.projectors[name].volume, diffdrr_python)
+                paths.external[name] = (lambda T, _w=w: _w.render(T, paths.fine, target_renderer.split("-", 1)[1]))
     result = {"ct": ct, "cases": cases, "seed": seed, "setup": setup, "budget_ms": budget_ms,
               "options": {k: str(v) for k, v in options.items()},
               "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
@@ -156,6 +163,8 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
             (out / f"{tag}_{cond}_cases.json").write_text(json.dumps(rows, indent=1, default=float))
     if worker is not None:
         worker.close()
+        for w in workers.values():
+            w.close()
     pooled = [r for rows in all_rows.values() for r in rows]
     result["pooled"] = summarise(pooled)
     result["markdown"] = conditions_markdown(ct, result)

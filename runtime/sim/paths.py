@@ -63,6 +63,7 @@ class MaterialPaths:
         split = decompose_hu(mu_to_hu(volume.data, mu_water), ct_energy_kev, metal)
         self.hu_bone = split.hu_bone
         self.projectors: dict[str, Projector] = {}
+        self.external: dict = {}
         for name in list(split.densities):
             d, A = _crop(split.densities.pop(name), volume.affine)  # sparse materials: a small box
             self.projectors[name] = Projector(Volume(d, A), self.fine, backend=backend, step_mm=step, mask=False)
@@ -75,6 +76,14 @@ class MaterialPaths:
         return sum(2 * p.volume.data.nbytes for p in self.projectors.values())
 
     def render(self, T_cam_from_ct: np.ndarray) -> dict[str, np.ndarray]:
-        """Material -> (H*s, W*s) float32 path image in g/cm^2 (supersampled)."""
-        return {n: p.render(T_cam_from_ct, jacobian=False, mask=False).image * np.float32(0.1)
-                for n, p in self.projectors.items()}
+        """Material -> (H*s, W*s) float32 path image in g/cm^2 (supersampled).
+
+        A material listed in ``self.external`` is rendered by that function instead,
+        ``f(T_cam_from_ct) -> (H*s, W*s)`` density x mm on ``self.fine`` (e.g. another renderer's
+        ray casting of ``self.projectors[name].volume``, to make frames no code of ours traced)."""
+        out = {}
+        for n, p in self.projectors.items():
+            f = self.external.get(n)
+            img = p.render(T_cam_from_ct, jacobian=False, mask=False).image if f is None else f(T_cam_from_ct)
+            out[n] = np.asarray(img, np.float32) * np.float32(0.1)
+        return out
