@@ -602,8 +602,8 @@ def _refine_blanked(raw: np.ndarray, model: _Model, ok: np.ndarray, f: int) -> _
     B = _blanked_region(raw, ok)
     if B is None:
         return model
-    E = _largest_component(~B & ok)
-    x, y, side = _crossings(raw, B & ok, E, ok, 0.0, fixed=0.5 if f == 1 else 1.0)
+    E = _convex_fill(_largest_component(~B & ok)) & ok
+    x, y, side = _crossings(raw, B & ok & ~E, E, ok, 0.0, fixed=0.5 if f == 1 else 1.0)
     if x.size < 8:
         return model
     tol = 2.5
@@ -637,13 +637,28 @@ def _blanked_region(raw: np.ndarray, ok: np.ndarray) -> np.ndarray | None:
     return (lab[1:-1, 1:-1] == lab[0, 0]) & cand
 
 
+def _convex_fill(m: np.ndarray) -> np.ndarray:
+    """The filled convex hull of a mask. A collimated field (circle and / or shutters) is convex; an
+    instrument or gas pocket as dark as the outside that touches the field's edge joins the outside
+    region and cuts a concave bite out of the field, which the hull restores."""
+    import cv2
+
+    pts = cv2.findNonZero(m.astype(np.uint8))
+    if pts is None:
+        return m
+    out = np.zeros(m.shape, np.uint8)
+    cv2.fillConvexPoly(out, cv2.convexHull(pts), 1)
+    return out.astype(bool) | m
+
+
 def _fit_region(xp: np.ndarray, R: np.ndarray, ok: np.ndarray, t: float, fixed: float | None = None
                 ) -> _Model | None:
     """Model of the boundary between the outside region R and the main field component; None unless it
     explains the boundary (>= _MIN_EXPLAINED of the points) and the field (IoU >= _MIN_IOU)."""
     H, W = xp.shape
     n_ok = int(ok.sum())
-    E = _largest_component(~R & ok)
+    E = _convex_fill(_largest_component(~R & ok)) & ok
+    R = R & ~E
     if E.sum() < _MIN_FIELD * n_ok or (R & ok).sum() < _MIN_OUTSIDE * n_ok:
         return None
     x, y, side = _crossings(xp, R & ok, E, ok, t, fixed)

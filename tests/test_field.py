@@ -157,6 +157,20 @@ def test_blanked_outside_synthesize_frame(drr):
     check(detect_field(np.where(truth, img, 255.0)), truth, "shutters", None, SHUTTERS)
 
 
+def test_dark_instruments_touching_the_edge(drr):
+    """A retractor blade and a K-wire as dark as the blanked outside, reaching the field's edge
+    (bone-dark display clipped to 0), join the outside region: the convex field is still found."""
+    img, truth = exposure(drr, CIRCLE, domain="counts")
+    img = np.where(truth, img, 0.0)
+    h, w = img.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    blade = (np.abs(ys - 0.35 * xs - 20) < 9) & (xs < 0.45 * w)           # wide, from the left edge
+    wire = np.abs(xs - (0.8 * w - 0.3 * ys)) < 1.5                        # thin, across the field
+    img = np.where(blade | wire, 0.0, img)
+    for domain in ("auto", "counts"):
+        check(detect_field(img, domain=domain), truth, "round", CIRCLE)
+
+
 def test_air_inside_the_field(renders):
     """Flat air next to the patient inside a round field (patient shifted sideways) is field, not outside."""
     shifted = renders[1]
