@@ -164,9 +164,10 @@ def test_dark_instruments_touching_the_edge(drr):
     img = np.where(truth, img, 0.0)
     h, w = img.shape
     ys, xs = np.mgrid[0:h, 0:w]
-    blade = (np.abs(ys - 0.35 * xs - 20) < 9) & (xs < 0.45 * w)           # wide, from the left edge
-    wire = np.abs(xs - (0.8 * w - 0.3 * ys)) < 1.5                        # thin, across the field
-    img = np.where(blade | wire, 0.0, img)
+    blade = (np.abs(ys - 0.35 * xs - 0.3 * h) < 0.07 * h) & (xs < 0.45 * w)   # wide, from the left edge
+    wire = np.abs(xs - (0.8 * w - 0.3 * ys)) < 1.5                            # thin, across the field
+    gas = ((xs - 0.93 * w) / (0.1 * w)) ** 2 + ((ys - 0.55 * h) / (0.16 * h)) ** 2 < 1   # dark blob at the edge
+    img = np.where(blade | wire | gas, 0.0, img)
     for domain in ("auto", "counts"):
         check(detect_field(img, domain=domain), truth, "round", CIRCLE)
 
