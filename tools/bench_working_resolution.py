@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calib.geometry import Intrinsics  # noqa: E402
 from conditions import FrameSource, load_ct  # noqa: E402
 from runtime.metrics import reprojection_distance_mm  # noqa: E402
-from runtime.registrar import Registrar  # noqa: E402
+from runtime.registrar import Registrar, auto_levels  # noqa: E402
 
 
 def volume_bytes(reg: Registrar) -> int:
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = reg.warm_up()
         setup[name] = {"setup_s": time.perf_counter() - t0, "resample_s": resample_s, "warm_up_ms": warm,
                        "volume_mib": volume_bytes(reg) / 2 ** 20,
-                       "factors": [list(reg.working_factors(intr, f)) for f in (4, 2, 1)]}
+                       "factors": [list(reg.working_factors(intr, f))
+                                   for f in auto_levels(intr.width, intr.height, reg.options.level_widths)]}
         regs[name] = reg
     src = FrameSource(vol, intr, regs["native/auto"].centre_ct)
     pts = vol.mask_points(max_points=5000)
