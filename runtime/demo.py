@@ -91,7 +91,7 @@ def run_demo(out: Path | None = Path("sopi_out"), seed: int = 0, budget_ms: floa
             from calib.writer import write_xa
             source = read_fluoro(write_xa(path, frame.line_integrals, intr, sod_mm=700.0))
         say(f"wrote and read back {path}")
-    say(f"frame: {what}; start 4.0 deg / 12.0 mm off")
+    say("start 4.0 deg / 12.0 mm off the true pose")
     res = reg.register(source, init=init)
     pts = vol.mask_points(max_points=5000)
     report = {
