@@ -160,16 +160,23 @@ def _model_mask(model: _Model, shape: tuple[int, int], margin: float = 0.0) -> n
         cx, cy, r = model.circle
         rr = max(r - margin, 0.0)
         m &= (xs - cx) ** 2 + (ys - cy) ** 2 <= rr * rr
-    left, right, top, bottom = model.edges
+    return m & _inside_edges(xs, ys, model.edges, margin)
+
+
+def _inside_edges(x: np.ndarray, y: np.ndarray, edges: list[float | None], margin: float) -> np.ndarray:
+    """Points (broadcast x, y) inside the shutter edges (left, right, top, bottom; None = open) by
+    at least ``margin``."""
+    left, right, top, bottom = edges
+    ok = np.ones(np.broadcast(x, y).shape, bool)
     if left is not None:
-        m &= xs >= left + margin
+        ok &= x >= left + margin
     if right is not None:
-        m &= xs <= right - margin
+        ok &= x <= right - margin
     if top is not None:
-        m &= ys >= top + margin
+        ok &= y >= top + margin
     if bottom is not None:
-        m &= ys <= bottom - margin
-    return m
+        ok &= y <= bottom - margin
+    return ok
 
 
 def _border_region(xp: np.ndarray, t: float, floor: float) -> np.ndarray:
@@ -339,17 +346,8 @@ def _arc_inside(circle: tuple[float, float, float], edges: list[float | None], s
     n = max(16, int(2 * np.pi * r))
     th = np.linspace(0, 2 * np.pi, n, endpoint=False)
     px, py = cx + r * np.cos(th), cy + r * np.sin(th)
-    left, right, top, bottom = edges
     ok = (px >= margin - 0.5) & (px <= W - 0.5 - margin) & (py >= margin - 0.5) & (py <= H - 0.5 - margin)
-    if left is not None:
-        ok &= px >= left + margin
-    if right is not None:
-        ok &= px <= right - margin
-    if top is not None:
-        ok &= py >= top + margin
-    if bottom is not None:
-        ok &= py <= bottom - margin
-    return th[ok]
+    return th[ok & _inside_edges(px, py, edges, margin)]
 
 
 # --------------------------------------------------------------------------------------------- model fit

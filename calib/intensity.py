@@ -37,7 +37,7 @@ import numpy as np
 
 from calib.errors import DicomIntensityError
 
-__all__ = ["IntensityModel", "to_line_integrals", "I0_PERCENTILE", "DEFAULT_LOG_DECADES"]
+__all__ = ["IntensityModel", "to_line_integrals", "default_log_scale", "I0_PERCENTILE", "DEFAULT_LOG_DECADES"]
 
 I0_PERCENTILE = 99.5
 DEFAULT_LOG_DECADES = 4.0
@@ -66,6 +66,12 @@ class IntensityModel:
         if self.relationship == "LIN" or self.lut_is_linear:
             return "LIN"
         return "LOG"
+
+
+def default_log_scale(bits_stored: int) -> float:
+    """Modality units per natural-log unit assumed for LOG data when nothing says otherwise: the
+    ``bits_stored``-bit range spans `DEFAULT_LOG_DECADES` decades."""
+    return (2.0 ** bits_stored - 1.0) / math.log(10.0 ** DEFAULT_LOG_DECADES)
 
 
 def to_line_integrals(values: np.ndarray, model: IntensityModel, valid: np.ndarray | None = None, *,
@@ -106,7 +112,7 @@ def to_line_integrals(values: np.ndarray, model: IntensityModel, valid: np.ndarr
             L = -np.log(np.where(positive, lin, 1.0) / i0)
     else:
         if log_scale is None:
-            log_scale = (2.0 ** model.bits_stored - 1.0) / math.log(10.0 ** DEFAULT_LOG_DECADES)
+            log_scale = default_log_scale(model.bits_stored)
             warns.append(f"log-domain data: scale unknown, assumed the {model.bits_stored}-bit stored range "
                          f"spans {DEFAULT_LOG_DECADES:g} decades ({log_scale:.4g} units per ln); line "
                          "integrals are exact only up to this factor (pass log_scale=)")

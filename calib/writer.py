@@ -31,6 +31,7 @@ import numpy as np
 
 from calib.errors import CalibError, IntrinsicsError
 from calib.geometry import Intrinsics
+from calib.intensity import default_log_scale
 
 __all__ = ["write_xa", "XA_SOP_CLASS", "XRF_SOP_CLASS"]
 
@@ -95,7 +96,7 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
         pix = np.clip(np.round(i0 * np.exp(-np.maximum(L, 0.0))), 1, vmax).astype(np.uint16)
         sign = 1
     elif pir == "LOG":
-        s = vmax / math.log(1e4) if log_scale is None else float(log_scale)
+        s = default_log_scale(bits_stored) if log_scale is None else float(log_scale)
         air = float(vmax if v_air is None else v_air)
         if not (s > 0 and math.isfinite(s)) or not 0 < air <= vmax:
             raise CalibError(f"LOG needs log_scale > 0 and 0 < v_air <= {vmax}")

@@ -257,6 +257,7 @@ class Registrar:
         self._step_mm = step_mm
         self._backend_req = backend
         self._bases: dict[tuple[int, int, int], Projector] = {}
+        self._masked: Volume | None = None
         self._projectors: dict[tuple[tuple[int, int, int], Intrinsics], Projector] = {}
         self._projector = self._level_projector(intrinsics, auto_levels(
             intrinsics.width, intrinsics.height, opts.level_widths)[-1])
@@ -358,19 +359,21 @@ class Registrar:
             return p
         base = self._bases.get(factors)
         if base is None:
-            vol = self.volume if factors == (1, 1, 1) else Volume(self.volume.data, self.volume.affine,
-                                                                  self._mask_arr).binned(factors)
-            mask = self._mask_arr if factors == (1, 1, 1) else vol.mask
+            if factors == (1, 1, 1):
+                vol, mask = self.volume, self._mask_arr
+            else:
+                # the registrar's mask (argument or the volume's own) travels with the binned copy;
+                # the masked volume is validated once, not per factor
+                if self._masked is None:
+                    self._masked = self.volume.with_mask(self._mask_arr)
+                vol = self._masked.binned(factors)
+                mask = vol.mask
             base = Projector(vol, intr, backend=self._backend_req, step_mm=self._step_mm,
                              mask=mask if mask is not None else False)
             self._bases[factors] = base
         p = base if base.intrinsics == intr else base.with_intrinsics(intr)
         self._projectors[(factors, intr)] = p
         return p
-
-    def _projector_for(self, intr: Intrinsics) -> Projector:
-        """The projector of the finest level of detector ``intr``."""
-        return self._level_projector(intr, auto_levels(intr.width, intr.height, self.options.level_widths)[-1])
 
     def _default_view_pose(self, intr: Intrinsics) -> np.ndarray:
         """A pose looking at the anatomy centre from 0.75 SDD (warm-up only)."""
@@ -562,8 +565,10 @@ class Registrar:
                 sel = lvalid
                 um = _at(opts.use_mask, li)
                 use_mask = self._has_mask if um is None else (bool(um) and self._has_mask)
+                drr_s = None  # DRR at the level's start pose (the outlier test reuses the mask render's)
                 if use_mask:
                     rm = lproj.render(T, jacobian=False, binning=f, mask=True)
+                    drr_s = rm.image
                     pm = rm.mask > 0.5 * self.volume.spacing.min()
                     rad = max(1, int(round(opts.mask_dilate_frac * lintr.width)))
                     import cv2
@@ -578,7 +583,8 @@ class Registrar:
                 if _at(opts.reject_outliers, li):
                     # instruments / gas: pixels a per-tile affine map of the DRR at the level's
                     # start pose cannot explain leave the pixel set (runtime.outliers)
-                    drr_s = lproj.render(T, jacobian=False, binning=f, mask=False).image
+                    if drr_s is None:
+                        drr_s = lproj.render(T, jacobian=False, binning=f, mask=False).image
                     bad = outlier_mask(target, drr_s, sel, tile_px=int(_at(opts.tile_px, li)),
                                        k=opts.outlier_k)
                     if bad.any() and (sel & ~bad).sum() >= 0.5 * sel.sum():

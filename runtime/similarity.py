@@ -92,8 +92,9 @@ def normalise(x: np.ndarray) -> tuple[np.ndarray, float]:
 class Tiles:
     """A partition of the selected pixels into groups (one group = global NCC)."""
 
-    member: np.ndarray
-    # (M,) int64 index into the selected pixels of each entry (M = N, or 2 N for two tilings)
+    member: np.ndarray | None
+    # (M,) int64 index into the selected pixels of each entry (two tilings: M = 2 N); None = each
+    # selected pixel once, in order
     group: np.ndarray
     # (M,) int64 group of each entry
     count: np.ndarray
@@ -107,7 +108,7 @@ class Tiles:
 
 
 def global_tiles(n: int) -> Tiles:
-    return Tiles(np.arange(n, dtype=np.int64), np.zeros(n, np.int64), np.array([n], np.int64), np.ones(1))
+    return Tiles(None, np.zeros(n, np.int64), np.array([n], np.int64), np.ones(1))
 
 
 def make_tiles(index: np.ndarray, shape: tuple[int, int], tile_px: int, target: np.ndarray,
@@ -140,6 +141,13 @@ def make_tiles(index: np.ndarray, shape: tuple[int, int], tile_px: int, target: 
     return tiles
 
 
+def _group_sums(g: np.ndarray, G: int, a: np.ndarray) -> np.ndarray:
+    """(G, K) sums of the columns of ``a`` (M, K) within each group ``g`` (M,): one bincount."""
+    K = a.shape[1]
+    idx = (g[:, None] * K + np.arange(K)).ravel()
+    return np.bincount(idx, a.ravel(), G * K).reshape(G, K)
+
+
 def _grouped_normalise(x: np.ndarray, tiles: Tiles) -> tuple[np.ndarray, np.ndarray]:
     """Per group zero-mean unit-norm copy of ``x`` (groups with zero norm give 0) and the norms."""
     g, G = tiles.group, tiles.n_groups
@@ -155,7 +163,7 @@ def _ncc_block(x: np.ndarray, jx: np.ndarray | None, t_tilde: np.ndarray, polari
     """Residual, Jacobian and (weighted mean) NCC of one block. ``x`` (N,) the selected pixels,
     ``jx`` (N, 6) or None, ``t_tilde`` (M,) the per-tile normalised target of the tile entries."""
     g, G = tiles.group, tiles.n_groups
-    if tiles.member.size != x.size or G > 1:
+    if tiles.member is not None:
         x = x[tiles.member]
         jx = None if jx is None else jx[tiles.member]
     x_tilde, n = _grouped_normalise(np.asarray(x, np.float64), tiles)
@@ -166,9 +174,8 @@ def _ncc_block(x: np.ndarray, jx: np.ndarray | None, t_tilde: np.ndarray, polari
     if jx is None:
         return r, None, ncc
     cnt = np.maximum(tiles.count, 1)[:, None]
-    jmean = np.stack([np.bincount(g, jx[:, k], G) for k in range(jx.shape[1])], 1) / cnt
-    jc = jx - jmean[g]
-    proj = np.stack([np.bincount(g, x_tilde * jc[:, k], G) for k in range(jx.shape[1])], 1)
+    jc = jx - (_group_sums(g, G, jx) / cnt)[g]
+    proj = _group_sums(g, G, x_tilde[:, None] * jc)
     scale = np.where(n > 0, w / np.where(n > 0, n, 1.0), 0.0)
     J = (jc - x_tilde[:, None] * proj[g]) * scale[g][:, None]
     return r, J, ncc
@@ -288,7 +295,7 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
         tiles = global_tiles(index.size)
     targets = []
     for f in filtered:
-        f = f[tiles.member] if tiles.member.size != f.size or tiles.n_groups > 1 else f
+        f = f if tiles.member is None else f[tiles.member]
         t_tilde, n = _grouped_normalise(f, tiles)
         if not np.any(n[tiles.weight > 0] > 0):
             raise RegistrationError("the X-ray frame is flat on the valid pixels: nothing to register to")

@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime.errors import VolumeError
 
-__all__ = ["Volume", "MU_WATER", "hu_to_mu"]
+__all__ = ["Volume", "MU_WATER", "hu_to_mu", "mu_to_hu"]
 
 MU_WATER = 0.0195
 """Linear attenuation of water in mm^-1 at an effective energy of about 70 keV (NIST XCOM:
@@ -23,6 +23,11 @@ def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:
     """Hounsfield units to linear attenuation (mm^-1), clipped at 0, float32."""
     mu = mu_water * (1.0 + np.asarray(hu, dtype=np.float32) / 1000.0)
     return np.maximum(mu, 0.0).astype(np.float32)
+
+
+def mu_to_hu(mu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:
+    """Linear attenuation (mm^-1) back to HU, float32: the inverse of `hu_to_mu` (above 0)."""
+    return (1000.0 * (np.asarray(mu, np.float32) / np.float32(mu_water) - 1.0)).astype(np.float32)
 
 
 def _check_affine(affine: object) -> np.ndarray:

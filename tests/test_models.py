@@ -14,9 +14,7 @@ from models import CheckpointError, build, load_checkpoint, save_checkpoint  # n
 from models.rtpi import param_ranges  # noqa: E402
 from models.synth import randomise, synth_upstream_checkpoint  # noqa: E402
 
-SPEC = Path("/work/shared/spec/sopi_checkpoints.json")
-if not SPEC.exists():
-    SPEC = Path(__file__).resolve().parents[1] / "shared" / "spec" / "sopi_checkpoints.json"
+SPEC = Path(__file__).resolve().parent / "data" / "upstream_state_dicts.json"   # upstream layouts (facts)
 
 CASES = [("RTPInet_v1", "RTPInet_v1", {}), ("RTPInet", "RTPInet", {}), ("RTPInet_v2", "RTPInet_v2", {}),
          ("Fine_regnet", "Fine_regnet", {"layout": "head"}),
@@ -25,7 +23,6 @@ CASES = [("RTPInet_v1", "RTPInet_v1", {}), ("RTPInet", "RTPInet", {}), ("RTPInet
          ("Composite_encoder_variant_2023-07-08", "Composite_encoder", {"layout": "2023-07"})]
 
 
-@pytest.mark.skipif(not SPEC.exists(), reason="shared/spec/sopi_checkpoints.json not available")
 @pytest.mark.parametrize("spec_name,kind,opts", CASES)
 def test_state_dict_matches_upstream_layout(spec_name, kind, opts):
     spec = json.loads(SPEC.read_text())["networks"][spec_name]

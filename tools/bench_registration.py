@@ -50,7 +50,9 @@ from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_fram
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conditions import CONDITIONS, REALISTIC, FrameSource, load_ct  # noqa: E402
 
-DIFFDRR_PYTHON = "/tmp/bench_diffdrr/bin/python"
+DIFFDRR_PYTHON = os.environ.get("SOPI_DIFFDRR_PYTHON")
+# python of a separate venv with DiffDRR (python -m venv V && V/bin/pip install torch==2.13.0 diffdrr==0.6.1);
+# --diffdrr-python overrides it
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -77,7 +79,7 @@ def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
         conditions: tuple[str, ...] = REALISTIC, verbose: bool = True, target_renderer: str = "ours",
-        diffdrr_python: str = DIFFDRR_PYTHON, binning: int = 4) -> dict:
+        diffdrr_python: str | None = DIFFDRR_PYTHON, binning: int = 4) -> dict:
     """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}."""
     import resource
     t_setup = time.perf_counter()
@@ -221,9 +223,12 @@ class DiffDRRWorker:
     origin); poses are converted here: DiffDRR pose (camera-to-world) = inv(T_cam_from_ct @ C) @ F,
     C = translation by the volume centre, F = diag(-1, -1, 1) (see the worker's docstring)."""
 
-    def __init__(self, vol, python: str = DIFFDRR_PYTHON, threads: int = 2):
+    def __init__(self, vol, python: str | None = DIFFDRR_PYTHON, threads: int = 2):
         import subprocess
         import tempfile
+        if not python:
+            raise SystemExit("DiffDRR runs in its own venv: pass --diffdrr-python PATH or set SOPI_DIFFDRR_PYTHON "
+                             "(python -m venv V && V/bin/pip install torch==2.13.0 diffdrr==0.6.1)")
         self.tmp = Path(tempfile.mkdtemp(prefix="sopi_diffdrr_"))
         self._vol = vol
         self.C = np.eye(4)
@@ -315,7 +320,7 @@ class DiffDRRWorker:
 
 def run_compare_diffdrr(ct: str, cases: int, seed: int, out: Path | None, options: dict, binning: int = 8,
                         iterations: int = 100, lr_rot: float = 1e-2, lr_trans: float = 1.0,
-                        diffdrr_python: str = DIFFDRR_PYTHON, renderer: str = "siddon",
+                        diffdrr_python: str | None = DIFFDRR_PYTHON, renderer: str = "siddon",
                         verbose: bool = True) -> dict:
     """Ours vs DiffDRR's gradient registration (Adam + NCC, fixed iterations) on the same cases:
     Siddon targets at Perlove binned ``binning``, the same starts; the methods alternate which runs
@@ -647,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-renderer", default="ours", choices=["ours", "diffdrr-siddon", "diffdrr-trilinear"],
                     help="renderer of the targets' line integrals: ours (2x2 supersampled, 0.6-voxel step) "
                          "or DiffDRR 0.6.1's (separate venv, --diffdrr-python)")
-    ap.add_argument("--diffdrr-python", default=DIFFDRR_PYTHON)
+    ap.add_argument("--diffdrr-python", default=DIFFDRR_PYTHON,
+                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON)")
     ap.add_argument("--binning", type=int, default=4, help="Perlove PLX118F binning (4: 256^2, 8: 128^2)")
     ap.add_argument("--compare-diffdrr", action="store_true",
                     help="ours vs DiffDRR's Adam + NCC on the same Siddon-target cases (use --binning 8)")

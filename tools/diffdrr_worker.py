@@ -1,6 +1,6 @@
 """DiffDRR worker for the registration benchmark (runs in the DiffDRR venv; never imports sopi).
 
-    /tmp/bench_diffdrr/bin/python tools/diffdrr_worker.py      # driven by tools/bench_registration.py
+    V/bin/python tools/diffdrr_worker.py      # V: a venv with diffdrr==0.6.1; driven by tools/bench_registration.py
 
 Protocol: one JSON request per stdin line, one JSON reply per stdout line; arrays travel as .npy
 files named in the request. Requests:

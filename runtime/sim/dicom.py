@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.intensity import default_log_scale
 from runtime.sim.display import to_display
 from runtime.sim.errors import SimulatorError
 
@@ -63,7 +64,7 @@ def write_frame(frame, path, pir: str = "LIN", bits_stored: int | None = None, *
     if pir == "LOG":
         bits = bits_stored or 16
         vmax = 2 ** bits - 1
-        s = vmax / math.log(1e4)
+        s = default_log_scale(bits)
         v_air = float(math.floor(vmax - 0.5 * s))
         p = write_xa(path, log, frame.intrinsics, pir="LOG", log_scale=s, v_air=v_air, bits_stored=bits, **kw)
         return WrittenFrame(Path(p), pir, v_air, s)

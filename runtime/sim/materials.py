@@ -22,10 +22,9 @@ from functools import lru_cache
 import numpy as np
 
 from runtime.sim.errors import SimulatorError, require
-from runtime.volume import MU_WATER
 
 __all__ = ["Material", "MATERIALS", "mass_attenuation", "linear_attenuation", "hu_bone",
-           "decompose_hu", "MaterialDensities", "mu_to_hu", "METAL_HU"]
+           "decompose_hu", "MaterialDensities", "METAL_HU"]
 
 METAL_HU = 3000.0
 """HU above which a CT voxel is taken as metal (CT numbers saturate there)."""
@@ -89,11 +88,6 @@ def hu_bone(energy_kev: float = 70.0) -> float:
     mb = linear_attenuation("bone", energy_kev)
     mw = linear_attenuation("water", energy_kev)
     return 1000.0 * (mb / mw - 1.0)
-
-
-def mu_to_hu(mu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:
-    """Linear attenuation (1/mm) back to HU (float32), the inverse of `runtime.volume.hu_to_mu`."""
-    return (1000.0 * (np.asarray(mu, np.float32) / np.float32(mu_water) - 1.0)).astype(np.float32)
 
 
 @dataclass

@@ -15,8 +15,8 @@ import numpy as np
 
 from calib.geometry import Intrinsics
 from runtime.projector import Projector
-from runtime.sim.materials import decompose_hu, mu_to_hu
-from runtime.volume import MU_WATER, Volume
+from runtime.sim.materials import decompose_hu
+from runtime.volume import MU_WATER, Volume, mu_to_hu
 
 __all__ = ["MaterialPaths", "bin_mean"]
 
