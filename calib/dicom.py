@@ -28,6 +28,8 @@ from calib.errors import CalibError, DicomGeometryError, DicomIntensityError, Di
 from calib.frame import FluoroFrame
 from calib.geometry import Intrinsics
 from calib.intensity import IntensityModel, to_line_integrals
+from calib.tags import (as_float, as_floats, as_str, format_values, lookup, lookup_float, lookup_floats,
+                         lookup_str)
 
 __all__ = ["read_fluoro", "iter_fluoro", "intrinsics_from_dataset", "SOP_CLASSES", "open_dataset"]
 
@@ -78,63 +80,6 @@ def open_dataset(src: Any) -> tuple[Any, str | None]:
     return ds, str(path)
 
 
-# --------------------------------------------------------------------------------------------- tag access
-def _items(ds: Any, frame: int) -> list[Any]:
-    """Datasets to search for an attribute: per-frame functional groups, shared groups, top level."""
-    out = []
-    for kw, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        seq = ds.get(kw)
-        try:
-            item = seq[idx] if seq is not None and len(seq) > idx else None
-        except Exception:
-            item = None
-        if item is not None:
-            for elem in item:
-                if elem.VR == "SQ" and elem.value:
-                    out.extend(list(elem.value))
-    out.append(ds)
-    return out
-
-
-def _lookup(ds: Any, frame: int, keyword: str) -> Any:
-    for item in _items(ds, frame):
-        try:
-            if keyword in item:
-                value = item[keyword].value
-                if value is not None and value != "":
-                    return value
-        except Exception:
-            continue
-    return None
-
-
-def _floats(value: Any) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        seq = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value]
-        return [float(v) for v in seq]
-    except (TypeError, ValueError):
-        return None
-
-
-def _float(value: Any) -> float | None:
-    vals = _floats(value)
-    return vals[0] if vals else None
-
-
-def _str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-def _fmt(value: Any) -> str:
-    return "\\".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
-
-
 # --------------------------------------------------------------------------------------------- frames
 def _n_frames(ds: Any) -> int:
     if "NumberOfFrames" not in ds:
@@ -152,7 +97,7 @@ def _check_pixels(ds: Any, name: str) -> None:
     if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError(f"{name}: no Pixel Data (7FE0,0010)")
     spp = ds.get("SamplesPerPixel", 1)
-    pi = _str(ds.get("PhotometricInterpretation", ""))
+    pi = as_str(ds.get("PhotometricInterpretation", ""))
     if spp not in (1, None) or (pi and pi not in ("MONOCHROME1", "MONOCHROME2")):
         raise DicomIntensityError(f"{name}: colour image (Samples per Pixel {spp}, Photometric Interpretation {pi!r}); "
                                   "an X-ray projection must be MONOCHROME1/2")
@@ -196,8 +141,8 @@ def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str) -> tuple[np.ndarra
             return out, float(2 ** int(desc[2]) - 1), True
         except Exception as exc:
             raise DicomIntensityError(f"invalid Modality LUT Sequence: {exc}") from None
-    slope = _float(_lookup(ds, frame, "RescaleSlope"))
-    icpt = _float(_lookup(ds, frame, "RescaleIntercept"))
+    slope = lookup_float(ds, frame, "RescaleSlope")
+    icpt = lookup_float(ds, frame, "RescaleIntercept")
     slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else slope
     icpt = 0.0 if icpt is None or not math.isfinite(icpt) else icpt
     out = arr.astype(np.float64) * slope + icpt
@@ -206,9 +151,9 @@ def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str) -> tuple[np.ndarra
 
 def _intensity_model(ds: Any, frame: int, sop: str, lut_applied: bool, vmax: float,
                      warns: list[str]) -> IntensityModel:
-    pir = _str(_lookup(ds, frame, "PixelIntensityRelationship")).upper()
-    sign_v = _lookup(ds, frame, "PixelIntensityRelationshipSign")
-    pi = _str(ds.get("PhotometricInterpretation", "")).upper()
+    pir = lookup_str(ds, frame, "PixelIntensityRelationship").upper()
+    sign_v = lookup(ds, frame, "PixelIntensityRelationshipSign")
+    pi = as_str(ds.get("PhotometricInterpretation", "")).upper()
     bits = int(ds.get("BitsStored", 16) or 16)
     if sign_v is not None and int(sign_v) in (1, -1):
         sign = int(sign_v)
@@ -248,12 +193,12 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
     mask = np.ones(shape, bool)
     rr, cc = np.mgrid[1:H + 1, 1:W + 1]
     for prefix, shape_kw in (("Collimator", "CollimatorShape"), ("Shutter", "ShutterShape")):
-        shapes = _str(_lookup(ds, frame, shape_kw)).upper().split("\\")
+        shapes = lookup_str(ds, frame, shape_kw).upper().split("\\")
         for s in [x for x in shapes if x]:
             name = f"{prefix} {s}"
             try:
                 if s == "RECTANGULAR":
-                    edges = [_float(_lookup(ds, frame, f"{prefix}{e}")) for e in
+                    edges = [lookup_float(ds, frame, f"{prefix}{e}") for e in
                              ("LeftVerticalEdge", "RightVerticalEdge", "UpperHorizontalEdge", "LowerHorizontalEdge")]
                     if any(e is None for e in edges):
                         warns.append(f"{name}: edges missing, ignored")
@@ -265,14 +210,14 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
                         continue
                     mask &= (cc >= left) & (cc <= right) & (rr >= up) & (rr <= low)
                 elif s == "CIRCULAR":
-                    ctr = _floats(_lookup(ds, frame, f"CenterOfCircular{prefix}"))
-                    rad = _float(_lookup(ds, frame, f"RadiusOfCircular{prefix}"))
+                    ctr = lookup_floats(ds, frame, f"CenterOfCircular{prefix}")
+                    rad = lookup_float(ds, frame, f"RadiusOfCircular{prefix}")
                     if not ctr or len(ctr) != 2 or rad is None or rad <= 0:
                         warns.append(f"{name}: centre/radius missing or invalid, ignored")
                         continue
                     mask &= (rr - ctr[0]) ** 2 + (cc - ctr[1]) ** 2 <= rad ** 2
                 elif s == "POLYGONAL":
-                    v = _floats(_lookup(ds, frame, f"VerticesOfThePolygonal{prefix}"))
+                    v = lookup_floats(ds, frame, f"VerticesOfThePolygonal{prefix}")
                     if not v or len(v) < 6 or len(v) % 2:
                         warns.append(f"{name}: vertices missing or invalid, ignored")
                         continue
@@ -292,7 +237,7 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
 
 def _has_shutter_tags(ds: Any, frame: int) -> bool:
     """True when the object (or this frame's functional groups) carries a Collimator or Shutter Shape."""
-    return any(_str(_lookup(ds, frame, kw)) for kw in ("CollimatorShape", "ShutterShape"))
+    return any(lookup_str(ds, frame, kw) for kw in ("CollimatorShape", "ShutterShape"))
 
 
 def _detected_field(values: np.ndarray, model: IntensityModel, sop: str, valid: np.ndarray,
@@ -315,11 +260,11 @@ def _detected_field(values: np.ndarray, model: IntensityModel, sop: str, valid: 
 
 # --------------------------------------------------------------------------------------------- geometry
 def _orientation(ds: Any, frame: int, warns: list[str]) -> tuple[int, bool]:
-    rot_v = _lookup(ds, frame, "FieldOfViewRotation")
-    flip_v = _str(_lookup(ds, frame, "FieldOfViewHorizontalFlip")).upper()
+    rot_v = lookup(ds, frame, "FieldOfViewRotation")
+    flip_v = lookup_str(ds, frame, "FieldOfViewHorizontalFlip").upper()
     rot = 0
     if rot_v is not None:
-        r = _float(rot_v)
+        r = as_float(rot_v)
         if r is None or r % 90 != 0:
             warns.append(f"Field of View Rotation {rot_v!r} is not 0/90/180/270: ignored")
         else:
@@ -339,33 +284,57 @@ def _geometry(ds: Any, frame: int, stored_shape: tuple[int, int], rot: int,
               warns: list[str]) -> tuple[Intrinsics | None, list[str], str]:
     """Intrinsics of the oriented frame from the tags. Returns (intrinsics or None, problems, source)."""
     problems: list[str] = []
-    source = "tags"
-    sdd_v = _lookup(ds, frame, "DistanceSourceToDetector")
-    sdd = _float(sdd_v)
+    sdd = _sdd(ds, frame, problems)
+    spacing, source = _spacing(ds, frame, problems, warns)
+    if problems:
+        return None, problems, source
+    H, W = stored_shape
+    dv, du = spacing  # DICOM pairs: row spacing first, then column spacing
+    if rot in (90, 270):
+        H, W, du, dv = W, H, dv, du
+    cx, cy = _principal_point(ds, frame, spacing, rot, (H, W), warns)
+    try:
+        K = Intrinsics(sdd, du, dv, W, H, cx, cy)
+    except IntrinsicsError as exc:
+        return None, [str(exc)], source
+    return K, [], source
+
+
+def _sdd(ds: Any, frame: int, problems: list[str]) -> float | None:
+    """Distance Source to Detector (mm); a problem is recorded when it is absent or not positive."""
+    sdd_v = lookup(ds, frame, "DistanceSourceToDetector")
+    sdd = as_float(sdd_v)
     if sdd_v is None:
         problems.append("Distance Source to Detector (0018,1110) is absent")
     elif sdd is None or not math.isfinite(sdd) or sdd <= 0:
-        problems.append(f"Distance Source to Detector (0018,1110) = '{_str(sdd_v)}' is not a positive distance")
+        problems.append(f"Distance Source to Detector (0018,1110) = '{as_str(sdd_v)}' is not a positive distance")
+    return sdd
+
+
+def _positive_pair(v: Any) -> list[float] | None:
+    f = as_floats(v)
+    if f and len(f) == 2 and all(math.isfinite(x) and x > 0 for x in f):
+        return f
+    return None
+
+
+def _spacing(ds: Any, frame: int, problems: list[str], warns: list[str]) -> tuple[list[float] | None, str]:
+    """(detector-plane (row, column) spacing in mm or None, intrinsics source): Imager Pixel Spacing, or
+    Pixel Spacing when it is absent and Pixel Spacing is not magnification-corrected."""
+    source = "tags"
     spacing = None
-    ips_v = _lookup(ds, frame, "ImagerPixelSpacing")
+    ips_v = lookup(ds, frame, "ImagerPixelSpacing")
     ps_v = ds.get("PixelSpacing")
-    ps_cal = _str(ds.get("PixelSpacingCalibrationType", "")).upper()
-
-    def _valid_pair(v: Any) -> list[float] | None:
-        f = _floats(v)
-        if f and len(f) == 2 and all(math.isfinite(x) and x > 0 for x in f):
-            return f
-        return None
-
+    ps_cal = as_str(ds.get("PixelSpacingCalibrationType", "")).upper()
     if ips_v is not None:
-        spacing = _valid_pair(ips_v)
+        spacing = _positive_pair(ips_v)
         if spacing is None:
-            problems.append(f"Imager Pixel Spacing (0018,1164) = '{_str(ips_v)}' is not two positive spacings")
+            problems.append(f"Imager Pixel Spacing (0018,1164) = '{as_str(ips_v)}' is not two positive spacings")
     elif ps_v is not None:
-        ps = _valid_pair(ps_v)
+        ps = _positive_pair(ps_v)
         if ps is None:
             problems.append(f"Imager Pixel Spacing (0018,1164) is absent and Pixel Spacing (0028,0030) = "
-                            f"'{_str(ps_v)}' is invalid")
+                            f"'{as_str(ps_v)}' is invalid")
         elif ps_cal:
             problems.append(f"Imager Pixel Spacing (0018,1164) is absent and Pixel Spacing (0028,0030) is "
                             f"magnification-corrected (Pixel Spacing Calibration Type {ps_cal}): it is a "
@@ -378,33 +347,31 @@ def _geometry(ds: Any, frame: int, stored_shape: tuple[int, int], rot: int,
     else:
         problems.append("Imager Pixel Spacing (0018,1164) is absent (and no Pixel Spacing (0028,0030))")
     if ips_v is not None and ps_v is not None and spacing is not None:
-        ps = _valid_pair(ps_v)
+        ps = _positive_pair(ps_v)
         if ps and not np.allclose(ps, spacing, rtol=1e-4):
-            warns.append(f"Pixel Spacing {_fmt(ps)} differs from Imager Pixel Spacing {_fmt(spacing)}: "
-                         "the former is a patient-plane (magnification-corrected) spacing; not used")
-    if problems:
-        return None, problems, source
-    H, W = stored_shape
-    dv, du = spacing  # DICOM pairs: row spacing first, then column spacing
-    if rot in (90, 270):
-        H, W, du, dv = W, H, dv, du
+            warns.append(f"Pixel Spacing {format_values(ps)} differs from Imager Pixel Spacing "
+                         f"{format_values(spacing)}: the former is a patient-plane (magnification-corrected) "
+                         "spacing; not used")
+    return spacing, source
+
+
+def _principal_point(ds: Any, frame: int, spacing: list[float], rot: int, shape: tuple[int, int],
+                     warns: list[str]) -> tuple[float, float]:
+    """(cx, cy) of the oriented (H, W) frame: the image centre, or Position of Isocenter Projection."""
+    H, W = shape
     cx, cy = (W - 1) / 2.0, (H - 1) / 2.0
-    iso = _floats(_lookup(ds, frame, "PositionOfIsocenterProjection"))
+    iso = lookup_floats(ds, frame, "PositionOfIsocenterProjection")
     if iso and len(iso) == 2:
         # detector elements from the centre of the TLHC element, column distance first (C.8.19.5)
-        origin = _floats(_lookup(ds, frame, "FieldOfViewOrigin")) or [0.0, 0.0]
-        elem = _floats(_lookup(ds, frame, "DetectorElementSpacing"))
+        origin = lookup_floats(ds, frame, "FieldOfViewOrigin") or [0.0, 0.0]
+        elem = lookup_floats(ds, frame, "DetectorElementSpacing")
         b_row, b_col = (spacing[0] / elem[0], spacing[1] / elem[1]) if elem and len(elem) == 2 and min(elem) > 0 else (1.0, 1.0)
         if rot in (90, 270):
             b_row, b_col = b_col, b_row
         cx = (iso[0] - origin[1] - (b_col - 1) / 2.0) / b_col
         cy = (iso[1] - origin[0] - (b_row - 1) / 2.0) / b_row
         warns.append(f"principal point from Position of Isocenter Projection: ({cx:.2f}, {cy:.2f}) px")
-    try:
-        K = Intrinsics(sdd, du, dv, W, H, cx, cy)
-    except IntrinsicsError as exc:
-        return None, [str(exc)], source
-    return K, [], source
+    return cx, cy
 
 
 def intrinsics_from_dataset(src: Any, frame: int = 0) -> Intrinsics:
@@ -422,8 +389,8 @@ def intrinsics_from_dataset(src: Any, frame: int = 0) -> Intrinsics:
 def _angles(ds: Any, frame: int) -> tuple[float | None, float | None]:
     out = []
     for kw in ("PositionerPrimaryAngle", "PositionerSecondaryAngle"):
-        a = _float(_lookup(ds, frame, kw))
-        inc = _floats(ds.get(kw + "Increment"))
+        a = lookup_float(ds, frame, kw)
+        inc = as_floats(ds.get(kw + "Increment"))
         if a is not None and inc and frame < len(inc) and "PerFrameFunctionalGroupsSequence" not in ds:
             a = a + inc[frame]  # increments relative to the first frame (assumption, docs/dicom.md)
         out.append(a)
@@ -431,13 +398,13 @@ def _angles(ds: Any, frame: int) -> tuple[float | None, float | None]:
 
 
 def _timing(ds: Any, frame: int) -> tuple[float | None, float | None]:
-    ft = _float(ds.get("FrameTime"))
-    ftv = _floats(ds.get("FrameTimeVector"))
+    ft = as_float(ds.get("FrameTime"))
+    ftv = as_floats(ds.get("FrameTimeVector"))
     if ftv and frame < len(ftv):
         offset = float(sum(ftv[1:frame + 1]))
         return (ftv[frame] if frame > 0 else (ftv[1] if len(ftv) > 1 else ft)), offset
     if ft is None:
-        rate = _float(ds.get("CineRate")) or _float(ds.get("RecommendedDisplayFrameRate"))
+        rate = as_float(ds.get("CineRate")) or as_float(ds.get("RecommendedDisplayFrameRate"))
         ft = 1000.0 / rate if rate and rate > 0 else None
     return ft, (frame * ft if ft is not None else None)
 
@@ -448,11 +415,11 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
                  log_scale: float | None, detect_field: bool = True) -> FluoroFrame:
     warns: list[str] = []
     name = path or "<dataset>"
-    sop_uid = _str(ds.get("SOPClassUID", ""))
+    sop_uid = as_str(ds.get("SOPClassUID", ""))
     sop = SOP_CLASSES.get(sop_uid, "")
     if not sop:
         warns.append(f"SOP Class {sop_uid or '(absent)'} is not an X-ray projection class; read as one")
-    if sop == "DX" or "FOR PRESENTATION" in _str(ds.get("PresentationIntentType", "")).upper():
+    if sop == "DX" or "FOR PRESENTATION" in as_str(ds.get("PresentationIntentType", "")).upper():
         warns.append("DX For Presentation: pixel values may be display-processed (unsharp masking, "
                      "non-linear tone scale); line integrals are approximate - prefer For Processing objects")
     stored_shape = arr.shape
@@ -471,6 +438,35 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
     image = _orient(L, rot, flip)
     valid = _orient(valid, rot, flip)
     H, W = image.shape
+    K, k_source = _frame_intrinsics(name, (W, H), K_tags, problems, k_source, intrinsics, calibration, warns)
+    undistorted = False
+    dist = getattr(calibration, "distortion", None) if calibration is not None else None
+    if dist is not None:
+        image, valid = dist.undistort_image(image, valid)
+        undistorted = True
+    prim, sec = _angles(ds, frame)
+    sod = lookup_float(ds, frame, "DistanceSourceToIsocenter") or lookup_float(ds, frame, "DistanceSourceToPatient")
+    ft, offs = _timing(ds, frame)
+    tags = {kw: as_str(ds.get(kw)) for kw in ("Modality", "Manufacturer", "ManufacturerModelName", "PatientOrientation",
+                                            "ViewPosition", "ImageType", "PresentationLUTShape",
+                                            "PixelSpacingCalibrationType") if kw in ds}
+    return FluoroFrame(
+        image=image, raw=arr, valid=valid, intrinsics=K, mirrored=flip, rotation_deg=rot, source=path,
+        sop_class_uid=sop_uid, sop_class=sop, modality=as_str(ds.get("Modality", "")), frame_index=frame,
+        n_frames=n, frame_time_ms=ft, time_offset_ms=offs, positioner_primary_deg=prim,
+        positioner_secondary_deg=sec, sod_mm=sod if sod and sod > 0 else None,
+        pixel_intensity_relationship=lookup_str(ds, frame, "PixelIntensityRelationship").upper(),
+        pixel_intensity_sign=model.sign, photometric=as_str(ds.get("PhotometricInterpretation", "")),
+        i0=i0_used, intrinsics_source=k_source, undistorted=undistorted, warnings=warns, tags=tags)
+
+
+def _frame_intrinsics(name: str, size: tuple[int, int], K_tags: Intrinsics | None, problems: list[str],
+                      k_source: str, intrinsics: Intrinsics | None, calibration: Any,
+                      warns: list[str]) -> tuple[Intrinsics, str]:
+    """(intrinsics of the oriented W x H frame, source): the calibration's, else the given ones, else the
+    tags' (`DicomGeometryError` with the tag problems when there are none); resized to the frame when
+    only the resolution differs; a warning when the tags' focal length disagrees by > 5 %."""
+    W, H = size
     if calibration is not None:
         K = calibration.intrinsics
         k_source = "calibration"
@@ -495,25 +491,7 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
         if Kt is not None and abs(Kt.fx / K.fx - 1) > 0.05:
             warns.append(f"tag focal length {Kt.fx:.1f} px differs from the {k_source} one {K.fx:.1f} px by "
                          f"{100 * abs(Kt.fx / K.fx - 1):.1f} %")
-    undistorted = False
-    dist = getattr(calibration, "distortion", None) if calibration is not None else None
-    if dist is not None:
-        image, valid = dist.undistort_image(image, valid)
-        undistorted = True
-    prim, sec = _angles(ds, frame)
-    sod = _float(_lookup(ds, frame, "DistanceSourceToIsocenter")) or _float(_lookup(ds, frame, "DistanceSourceToPatient"))
-    ft, offs = _timing(ds, frame)
-    tags = {kw: _str(ds.get(kw)) for kw in ("Modality", "Manufacturer", "ManufacturerModelName", "PatientOrientation",
-                                            "ViewPosition", "ImageType", "PresentationLUTShape",
-                                            "PixelSpacingCalibrationType") if kw in ds}
-    return FluoroFrame(
-        image=image, raw=arr, valid=valid, intrinsics=K, mirrored=flip, rotation_deg=rot, source=path,
-        sop_class_uid=sop_uid, sop_class=sop, modality=_str(ds.get("Modality", "")), frame_index=frame,
-        n_frames=n, frame_time_ms=ft, time_offset_ms=offs, positioner_primary_deg=prim,
-        positioner_secondary_deg=sec, sod_mm=sod if sod and sod > 0 else None,
-        pixel_intensity_relationship=_str(_lookup(ds, frame, "PixelIntensityRelationship")).upper(),
-        pixel_intensity_sign=model.sign, photometric=_str(ds.get("PhotometricInterpretation", "")),
-        i0=i0_used, intrinsics_source=k_source, undistorted=undistorted, warnings=warns, tags=tags)
+    return K, k_source
 
 
 def _open_for_frames(src: Any, calibration: Any) -> tuple[Any, Any, str | None, int]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from calib.beads import detect_beads
 from calib.errors import CalibrationError
 
 __all__ = ["Distortion", "fit_distortion", "fit_distortion_from_grid", "index_grid"]
@@ -183,15 +184,13 @@ def fit_distortion_from_grid(image: np.ndarray, width: int | None = None, height
                              **detect_kw: Any) -> Distortion:
     """Fit the dewarp from an image of a regular bead grid plate (line-integral domain: beads bright).
 
-    Beads are detected (`calib.calibration.detect_beads`) unless ``points`` are given, indexed on the
+    Beads are detected (`calib.beads.detect_beads`) unless ``points`` are given, indexed on the
     lattice (`index_grid`), the ideal positions are the homography of the lattice fitted to the beads
     within ``centre_fraction`` of the half-diagonal from the centre, and the polynomial is fitted to all.
     """
     import cv2
 
     if points is None:
-        from calib.calibration import detect_beads
-
         points = detect_beads(image, **detect_kw)
         height, width = np.asarray(image).shape[:2]
     if width is None or height is None:

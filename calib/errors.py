@@ -1,4 +1,9 @@
-"""Exception types of `calib` (and the base class every sopi error derives from)."""
+"""Exception types of `calib`, and `SopiError`: the root of every error sopi raises on purpose.
+
+`SopiError` is defined here, once: calib is the bottom layer every other package imports. The
+tree and the rule for built-in mixins (errors about the input are also `ValueError`; "this
+machine cannot do it" errors are also `RuntimeError`; package bases are neither) are documented
+in `runtime.errors`."""
 
 from __future__ import annotations
 
@@ -15,17 +20,17 @@ class IntrinsicsError(CalibError, ValueError):
     """Invalid intrinsics values (non-positive distances, sizes, non-finite numbers)."""
 
 
-class DicomReadError(CalibError):
+class DicomReadError(CalibError, ValueError):
     """A file could not be read as a DICOM X-ray image (not DICOM, truncated, no pixels, ...)."""
 
 
-class DicomGeometryError(CalibError):
+class DicomGeometryError(CalibError, ValueError):
     """Geometry tags are missing or invalid; the message lists each tag and what was expected."""
 
 
-class DicomIntensityError(CalibError):
+class DicomIntensityError(CalibError, ValueError):
     """Pixel values cannot be converted to the line-integral domain."""
 
 
-class CalibrationError(CalibError):
+class CalibrationError(CalibError, ValueError):
     """Phantom calibration or distortion fitting failed, or a calibration file is invalid."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from calib.errors import DicomGeometryError
 from calib.geometry import Intrinsics
+from calib.rotations import rot_x, rot_z
 
 __all__ = ["FluoroFrame", "pose_from_positioner"]
 
@@ -19,16 +20,6 @@ __all__ = ["FluoroFrame", "pose_from_positioner"]
 _R0_CT_FROM_CAM = np.array([[-1.0, 0.0, 0.0],
                             [0.0, 0.0, -1.0],
                             [0.0, -1.0, 0.0]])
-
-
-def _rz(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def _rx(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
 def pose_from_positioner(primary_deg: float, secondary_deg: float, sod_mm: float,
@@ -43,7 +34,7 @@ def pose_from_positioner(primary_deg: float, secondary_deg: float, sod_mm: float
     patient coordinates and the C-arm's patient-relative angles refer to the same patient).
     """
     a, b = math.radians(primary_deg), math.radians(secondary_deg)
-    R_ct_from_cam = _rz(a) @ _rx(-b) @ _R0_CT_FROM_CAM
+    R_ct_from_cam = rot_z(a) @ rot_x(-b) @ _R0_CT_FROM_CAM
     c = np.asarray(isocentre_lps, dtype=np.float64).reshape(3)
     d = R_ct_from_cam[:, 2]
     source = c - float(sod_mm) * d

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,10 +67,35 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     flipped with Field of View Horizontal Flip YES (the reader undoes it). ``collimator``: 1-based
     (left, right, upper, lower) edges in the stored image. Returns the path.
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    L = _frames(line_integrals)
+    n, H, W = L.shape
+    _check_intrinsics(intrinsics, W, H)
+    modality = modality.upper()
+    if modality not in ("XA", "RF"):
+        raise CalibError(f"modality must be 'XA' or 'RF', got {modality!r}")
+    if not 8 <= bits_stored <= 16:
+        raise CalibError("bits_stored must be within 8..16")
+    pir = str(pir).upper()
+    pix, sign = _stored_values(L, pir, bits_stored, i0, log_scale, v_air, display_sign)
+    if mirrored:
+        pix = pix[:, :, ::-1]
+    ds = _new_dataset(modality, n, patient_name, patient_id)
+    _set_acquisition(ds, intrinsics, (H, W), kvp=kvp, sod_mm=sod_mm, primary_deg=primary_deg,
+                     secondary_deg=secondary_deg)
+    _set_image(ds, (H, W), bits_stored, pir, sign, patient_orientation)
+    _set_detector(ds, intrinsics, (H, W), mirrored)
+    _set_collimator(ds, collimator, circular_collimator)
+    if n > 1 or modality == "RF":
+        _set_cine(ds, n, frame_time_ms)
+    ds.PixelData = pix.tobytes() if n > 1 or modality == "RF" else pix[0].tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
+
+def _frames(line_integrals: np.ndarray) -> np.ndarray:
+    """The line integrals as a finite float64 (N, H, W) stack."""
     L = np.asarray(line_integrals, dtype=np.float64)
     if L.ndim == 2:
         L = L[None]
@@ -77,44 +103,47 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
         raise CalibError(f"line_integrals must be (H, W) or (N, H, W), got {np.shape(line_integrals)}")
     if not np.isfinite(L).all():
         raise CalibError("line_integrals contain non-finite values")
-    n, H, W = L.shape
+    return L
+
+
+def _check_intrinsics(intrinsics: Intrinsics, W: int, H: int) -> None:
+    """The intrinsics must match the W x H frames and be centred (classic XA/XRF have no principal point)."""
     if (intrinsics.width, intrinsics.height) != (W, H):
         raise IntrinsicsError(f"intrinsics are {intrinsics.width}x{intrinsics.height}, image is {W}x{H}")
     if abs(intrinsics.cx - (W - 1) / 2) > 1e-6 or abs(intrinsics.cy - (H - 1) / 2) > 1e-6:
         raise IntrinsicsError("XA/XRF objects cannot carry a principal point off the image centre; "
                               "write centred intrinsics and keep the offset in a calibration file")
-    modality = modality.upper()
-    if modality not in ("XA", "RF"):
-        raise CalibError(f"modality must be 'XA' or 'RF', got {modality!r}")
-    if not 8 <= bits_stored <= 16:
-        raise CalibError("bits_stored must be within 8..16")
+
+
+def _stored_values(L: np.ndarray, pir: str, bits_stored: int, i0: float, log_scale: float | None,
+                   v_air: float | None, display_sign: int) -> tuple[np.ndarray, int]:
+    """(uint16 stored values, Pixel Intensity Relationship Sign) for the ``pir`` encoding."""
     vmax = 2 ** bits_stored - 1
-    pir = str(pir).upper()
     if pir == "LIN":
         if not 0 < i0 <= vmax:
             raise CalibError(f"i0 must be within (0, {vmax}]")
-        pix = np.clip(np.round(i0 * np.exp(-np.maximum(L, 0.0))), 1, vmax).astype(np.uint16)
-        sign = 1
-    elif pir == "LOG":
+        return np.clip(np.round(i0 * np.exp(-np.maximum(L, 0.0))), 1, vmax).astype(np.uint16), 1
+    if pir == "LOG":
         s = default_log_scale(bits_stored) if log_scale is None else float(log_scale)
         air = float(vmax if v_air is None else v_air)
         if not (s > 0 and math.isfinite(s)) or not 0 < air <= vmax:
             raise CalibError(f"LOG needs log_scale > 0 and 0 < v_air <= {vmax}")
-        pix = np.clip(np.round(air - s * L), 0, vmax).astype(np.uint16)
-        sign = 1
-    elif pir == "DISP":
+        return np.clip(np.round(air - s * L), 0, vmax).astype(np.uint16), 1
+    if pir == "DISP":
         if display_sign not in (1, -1):
             raise CalibError(f"display_sign must be +1 or -1, got {display_sign!r}")
-        pix = np.clip(np.round(L), 0, vmax).astype(np.uint16)
-        sign = int(display_sign)
-    else:
-        raise CalibError(f"pir must be 'LIN', 'LOG' or 'DISP', got {pir!r}")
-    if mirrored:
-        pix = pix[:, :, ::-1]
+        return np.clip(np.round(L), 0, vmax).astype(np.uint16), int(display_sign)
+    raise CalibError(f"pir must be 'LIN', 'LOG' or 'DISP', got {pir!r}")
+
+
+def _new_dataset(modality: str, n: int, patient_name: str, patient_id: str) -> Any:
+    """File meta, SOP common, patient, study and series attributes of a new XA / XRF object."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
     sop_class = XA_SOP_CLASS if modality == "XA" else XRF_SOP_CLASS
     sop_uid = generate_uid()
     now = _dt.datetime.now()
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -138,6 +167,18 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.BodyPartExamined = "PELVIS"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyID = "1"
+    ds.SeriesNumber = "1"
+    ds.InstanceNumber = "1"
+    return ds
+
+
+def _set_acquisition(ds: Any, intrinsics: Intrinsics, shape: tuple[int, int], *, kvp: float,
+                     sod_mm: float | None, primary_deg: float, secondary_deg: float) -> None:
+    """Exposure, distances, imager pixel spacing, field of view and positioner (static) attributes."""
+    H, W = shape
     ds.KVP = _ds(kvp)
     ds.RadiationSetting = "GR"
     ds.ExposureTime = "10"
@@ -153,13 +194,15 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ds.PositionerMotion = "STATIC"
     ds.PositionerPrimaryAngle = _ds(primary_deg)
     ds.PositionerSecondaryAngle = _ds(secondary_deg)
-    if modality == "RF":
+    if ds.Modality == "RF":
         ds.TableMotion = "STATIC"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyID = "1"
-    ds.SeriesNumber = "1"
-    ds.InstanceNumber = "1"
+
+
+def _set_image(ds: Any, shape: tuple[int, int], bits_stored: int, pir: str, sign: int,
+               patient_orientation: tuple[str, str]) -> None:
+    """Image pixel description, intensity relationship and default window."""
+    H, W = shape
+    vmax = 2 ** bits_stored - 1
     ds.PatientOrientation = list(patient_orientation)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -174,6 +217,11 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ds.LossyImageCompression = "00"
     ds.WindowCenter = _ds(vmax / 2)
     ds.WindowWidth = _ds(vmax + 1)
+
+
+def _set_detector(ds: Any, intrinsics: Intrinsics, shape: tuple[int, int], mirrored: bool) -> None:
+    """Field of view orientation (rotation 0, flip when mirrored) and the detector's active area."""
+    H, W = shape
     ds.FieldOfViewOrigin = ["0", "0"]
     ds.FieldOfViewRotation = "0"
     ds.FieldOfViewHorizontalFlip = "YES" if mirrored else "NO"
@@ -181,6 +229,11 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ds.DetectorConfiguration = "AREA"
     ds.DetectorActiveShape = "RECTANGLE"
     ds.DetectorActiveDimensions = [_ds(H * intrinsics.dv_mm), _ds(W * intrinsics.du_mm)]
+
+
+def _set_collimator(ds: Any, collimator: tuple[int, int, int, int] | None,
+                    circular_collimator: tuple[float, float, float] | None) -> None:
+    """Rectangular (1-based left, right, upper, lower edges) or circular (row, column, radius) collimator."""
     if collimator is not None:
         left, right, up, low = (int(v) for v in collimator)
         ds.CollimatorShape = "RECTANGULAR"
@@ -195,15 +248,13 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
         ds.CollimatorShape = "CIRCULAR"
         ds.CenterOfCircularCollimator = [int(round(row)), int(round(col))]
         ds.RadiusOfCircularCollimator = int(round(rad))
-    if n > 1 or modality == "RF":
-        ds.NumberOfFrames = str(n)
-        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
-        ds.FrameTime = _ds(frame_time_ms)
-        ds.CineRate = str(max(1, int(round(1000.0 / frame_time_ms))))
-    elif modality == "XA":
-        pass
-    ds.PixelData = pix.tobytes() if n > 1 or modality == "RF" else pix[0].tobytes()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+
+
+def _set_cine(ds: Any, n: int, frame_time_ms: float) -> None:
+    """Multi-frame attributes (cine runs and every XRF object)."""
+    from pydicom.tag import Tag
+
+    ds.NumberOfFrames = str(n)
+    ds.FrameIncrementPointer = Tag("FrameTime")
+    ds.FrameTime = _ds(frame_time_ms)
+    ds.CineRate = str(max(1, int(round(1000.0 / frame_time_ms))))

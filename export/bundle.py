@@ -24,20 +24,15 @@ from models.encoder import FeatureHead
 from models.errors import CheckpointError
 from models.rtpi import POSE_NAMES, RTPI_KINDS
 from models.rtpi_ps import PS_KIND
-from runtime.backends.onnxrt import OnnxRuntimeBackend
-from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_file, write_manifest
-from runtime.sopi_params import SopiGeometry
-
-try:
-    from runtime.volume import MU_WATER
-except ImportError:  # pragma: no cover
-    MU_WATER = 0.0195
+from runtime import MU_WATER, SCHEMA_VERSION, SopiGeometry
+from runtime.networks.backends.onnxrt import OnnxRuntimeBackend
+from runtime.networks.bundle import MANIFEST, SCHEMA, sha256_file, write_manifest
 
 SOPI_VERSION = "0.1.0"
 TEST_GEOMETRY = SopiGeometry.from_upstream(flag=4, volume_size=128, vol_spacing_mm=3.117188)
 MOVING_MAX_BATCH = 16
 # the moving encoder takes a batch: the learned stage's Jacobian runs [x, x +- e_k t_k] (13 images)
-# in one call (runtime/learned.py, docs/learned.md)
+# in one call (runtime/networks/learned.py, docs/learned.md)
 
 
 @dataclass
@@ -176,6 +171,122 @@ def parity_cases(plan: NetworkPlan, opts: ExportOptions, cache: dict) -> dict[st
     return cases
 
 
+def _load_all(checkpoints: list[str | Path], opts: ExportOptions, say: Callable[[str], None]
+              ) -> tuple[list[tuple[str | Path, Any]], ExportOptions]:
+    """Load every checkpoint; opts with the geometry resolved (given, else recorded by sopi-train,
+    else TEST_GEOMETRY)."""
+    loaded = []
+    for ck in checkpoints:
+        say(f"loading {ck}")
+        loaded.append((ck, load_checkpoint(ck, flag=opts.rtpi_range_flag)))
+    if opts.geometry is None:  # the training geometry recorded by sopi-train, if any
+        recorded = [SopiGeometry.from_dict(lc.metadata["geometry"]) for _, lc in loaded
+                    if isinstance(lc.metadata.get("geometry"), dict)]
+        if any(g != recorded[0] for g in recorded[1:]):
+            raise CheckpointError(f"the checkpoints record different training geometries {recorded}")
+        opts = replace(opts, geometry=recorded[0] if recorded else TEST_GEOMETRY)
+    return loaded, opts
+
+
+def _sources_and_plans(loaded: list[tuple[str | Path, Any]], opts: ExportOptions
+                       ) -> tuple[list[dict], list[NetworkPlan]]:
+    """The manifest's "sources" and one NetworkPlan per network (unique names)."""
+    sources, plans = [], []
+    for ck, lc in loaded:
+        sources.append({"file": Path(ck).name, "sha256": lc.metadata["source_sha256"],
+                        "kind": lc.kind, "container": lc.metadata.get("container"),
+                        "epoch": lc.metadata.get("epoch"), "options": lc.metadata.get("options")})
+        plans += plan_networks(lc.kind, lc.module, opts, lc.metadata)
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"the checkpoints give duplicate networks {names}; pass one per kind")
+    return sources, plans
+
+
+def _write_onnx(plan: NetworkPlan, out: Path, opts: ExportOptions,
+                say: Callable[[str], None]) -> dict[str, str]:
+    """{precision: file relative to `out`}: the FP32 graph and, with opts.fp16, its FP16 twin."""
+    say(f"[{plan.name}] exporting {plan.kind} to ONNX (opset {opts.opset})")
+    example = tuple(torch.zeros(s) for _, s in plan.inputs)
+    meta = {"sopi_network": plan.name, "sopi_kind": plan.kind, "sopi_role": plan.role,
+            "precision": "fp32", "producer": f"sopi-export {SOPI_VERSION}"}
+    rel = f"{plan.name}.onnx"
+    export_onnx(plan.module, example, [n for n, _ in plan.inputs], plan.outputs, out / rel,
+                opset=opts.opset, metadata=meta, dynamic_batch=plan.dynamic_batch)
+    onnx_files = {"fp32": rel}
+    if opts.fp16:
+        say(f"[{plan.name}] converting to FP16 (FP32 islands)")
+        rel16 = f"{plan.name}.fp16.onnx"
+        convert_fp16(out / rel, out / rel16)
+        onnx_files["fp16"] = rel16
+    return onnx_files
+
+
+def _check_parity(plan: NetworkPlan, out: Path, onnx_files: dict[str, str], opts: ExportOptions,
+                  cache: dict, say: Callable[[str], None]) -> dict[str, ParityReport]:
+    """ONNX Runtime (CPU) vs the torch module on parity_cases, per precision."""
+    say(f"[{plan.name}] parity: ONNX Runtime CPU vs PyTorch")
+    cases = parity_cases(plan, opts, cache)
+    reports = {}
+    for prec, f in onnx_files.items():
+        be = OnnxRuntimeBackend(out / f, device="cpu", intra_op_threads=opts.threads)
+        tol = opts.tolerance if prec == "fp32" else opts.tolerance_fp16
+        rep = compare(plan.module, be, cases, prec, tol)
+        reports[prec] = rep
+        say(f"[{plan.name}] {prec}: max rel error {rep.max_rel:.2e} "
+            f"({'ok' if rep.passed else 'ABOVE'} tolerance {tol:g})")
+    return reports
+
+
+def _network_entry(plan: NetworkPlan, out: Path, onnx_files: dict[str, str], files: dict[str, str],
+                   parity: dict[str, ParityReport], opts: ExportOptions) -> dict[str, Any]:
+    """The manifest's entry of one network; adds its files' hashes to `files`."""
+    model = onnx.load(str(out / onnx_files["fp32"]), load_external_data=False)
+    # manifest shapes are the batch-1 shapes; a symbolic batch axis is described by "dynamic_batch"
+    outs = {o.name: tuple(d.dim_value if d.HasField("dim_value") else 1
+                          for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
+    for f in onnx_files.values():
+        files[f] = sha256_file(out / f)
+    entry = {
+        "kind": plan.kind, "role": plan.role,
+        "onnx": {p: {"file": f, "sha256": files[f], "opset": opts.opset} for p, f in onnx_files.items()},
+        "inputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in plan.inputs],
+        "outputs": [{"name": n, "shape": list(outs[n]), "dtype": "float32"} for n in plan.outputs],
+        "preprocessing": plan.preprocessing,
+        "parity": {p: r.to_dict() for p, r in parity.items()},
+        "engines": [], **plan.extra}
+    if plan.dynamic_batch:
+        entry["dynamic_batch"] = {
+            "inputs": [n for n, _ in plan.inputs], "axis": 0, "max": plan.dynamic_batch,
+            "note": "inputs/outputs shapes above are at batch 1; axis 0 may be 1..max"}
+    return entry
+
+
+def _manifest(sources: list[dict], opts: ExportOptions, networks: dict[str, Any],
+              files: dict[str, str], t_start: float) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tools": {"sopi": SOPI_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+                  "exporter": "torch.onnx.export(dynamo=True)", "opset": opts.opset},
+        "sources": sources, "geometry": opts.geometry.to_dict(), "networks": networks,
+        "files": files, "export_seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _build_engines(result: ExportResult, say: Callable[[str], None]) -> None:
+    """TensorRT engines into the bundle; a failure is kept in result.engine_error."""
+    from runtime import EngineBuildError, build_engines
+
+    try:
+        build_engines(result.bundle_dir, progress=say)
+        from runtime.networks.bundle import read_manifest
+
+        result.manifest = read_manifest(result.bundle_dir)
+    except EngineBuildError as e:
+        result.engine_error = str(e)
+
+
 def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
                   opts: ExportOptions | None = None,
                   progress: Callable[[str], None] | None = None) -> ExportResult:
@@ -187,94 +298,23 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # a half-written bundle must not look valid
-    sources, loaded = [], []
-    for ck in checkpoints:
-        say(f"loading {ck}")
-        loaded.append((ck, load_checkpoint(ck, flag=opts.rtpi_range_flag)))
-    if opts.geometry is None:  # the training geometry recorded by sopi-train, if any
-        recorded = [SopiGeometry.from_dict(lc.metadata["geometry"]) for _, lc in loaded
-                    if isinstance(lc.metadata.get("geometry"), dict)]
-        if any(g != recorded[0] for g in recorded[1:]):
-            raise CheckpointError(f"the checkpoints record different training geometries {recorded}")
-        opts = replace(opts, geometry=recorded[0] if recorded else TEST_GEOMETRY)
-    plans = []
-    for ck, lc in loaded:
-        sources.append({"file": Path(ck).name, "sha256": lc.metadata["source_sha256"],
-                        "kind": lc.kind, "container": lc.metadata.get("container"),
-                        "epoch": lc.metadata.get("epoch"), "options": lc.metadata.get("options")})
-        plans += plan_networks(lc.kind, lc.module, opts, lc.metadata)
-    names = [p.name for p in plans]
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"the checkpoints give duplicate networks {names}; pass one per kind")
+    loaded, opts = _load_all(checkpoints, opts, say)
+    sources, plans = _sources_and_plans(loaded, opts)
     files: dict[str, str] = {}
     networks: dict[str, Any] = {}
     parity: dict[str, dict[str, ParityReport]] = {}
     cache: dict = {}
     for plan in plans:
         t0 = time.perf_counter()
-        say(f"[{plan.name}] exporting {plan.kind} to ONNX (opset {opts.opset})")
-        example = tuple(torch.zeros(s) for _, s in plan.inputs)
-        meta = {"sopi_network": plan.name, "sopi_kind": plan.kind, "sopi_role": plan.role,
-                "precision": "fp32", "producer": f"sopi-export {SOPI_VERSION}"}
-        rel = f"{plan.name}.onnx"
-        export_onnx(plan.module, example, [n for n, _ in plan.inputs], plan.outputs, out / rel,
-                    opset=opts.opset, metadata=meta, dynamic_batch=plan.dynamic_batch)
-        onnx_files = {"fp32": rel}
-        if opts.fp16:
-            say(f"[{plan.name}] converting to FP16 (FP32 islands)")
-            rel16 = f"{plan.name}.fp16.onnx"
-            convert_fp16(out / rel, out / rel16)
-            onnx_files["fp16"] = rel16
-        say(f"[{plan.name}] parity: ONNX Runtime CPU vs PyTorch")
-        cases = parity_cases(plan, opts, cache)
-        parity[plan.name] = {}
-        for prec, f in onnx_files.items():
-            be = OnnxRuntimeBackend(out / f, device="cpu", intra_op_threads=opts.threads)
-            tol = opts.tolerance if prec == "fp32" else opts.tolerance_fp16
-            rep = compare(plan.module, be, cases, prec, tol)
-            parity[plan.name][prec] = rep
-            say(f"[{plan.name}] {prec}: max rel error {rep.max_rel:.2e} "
-                f"({'ok' if rep.passed else 'ABOVE'} tolerance {tol:g})")
-        model = onnx.load(str(out / rel), load_external_data=False)
-        # manifest shapes are the batch-1 shapes; a symbolic batch axis is described by "dynamic_batch"
-        outs = {o.name: tuple(d.dim_value if d.HasField("dim_value") else 1
-                              for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
-        for prec, f in onnx_files.items():
-            files[f] = sha256_file(out / f)
-        networks[plan.name] = {
-            "kind": plan.kind, "role": plan.role,
-            "onnx": {p: {"file": f, "sha256": files[f], "opset": opts.opset} for p, f in onnx_files.items()},
-            "inputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in plan.inputs],
-            "outputs": [{"name": n, "shape": list(outs[n]), "dtype": "float32"} for n in plan.outputs],
-            "preprocessing": plan.preprocessing,
-            "parity": {p: r.to_dict() for p, r in parity[plan.name].items()},
-            "engines": [], **plan.extra}
-        if plan.dynamic_batch:
-            networks[plan.name]["dynamic_batch"] = {
-                "inputs": [n for n, _ in plan.inputs], "axis": 0, "max": plan.dynamic_batch,
-                "note": "inputs/outputs shapes above are at batch 1; axis 0 may be 1..max"}
+        onnx_files = _write_onnx(plan, out, opts, say)
+        parity[plan.name] = _check_parity(plan, out, onnx_files, opts, cache, say)
+        networks[plan.name] = _network_entry(plan, out, onnx_files, files, parity[plan.name], opts)
         say(f"[{plan.name}] done in {time.perf_counter() - t0:.1f} s")
-    manifest = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tools": {"sopi": SOPI_VERSION, "torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-                  "exporter": "torch.onnx.export(dynamo=True)", "opset": opts.opset},
-        "sources": sources, "geometry": opts.geometry.to_dict(), "networks": networks,
-        "files": files, "export_seconds": round(time.perf_counter() - t_start, 1)}
+    manifest = _manifest(sources, opts, networks, files, t_start)
     write_manifest(out, manifest)
     result = ExportResult(out, manifest, parity)
     if opts.engine:
-        from runtime.engines import build_engines
-        from runtime.errors import EngineBuildError
-
-        try:
-            build_engines(out, progress=say)
-            from runtime.bundle import read_manifest
-
-            result.manifest = read_manifest(out)
-        except EngineBuildError as e:
-            result.engine_error = str(e)
+        _build_engines(result, say)
     return result
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from models.projector import min_max, render_upstream
-from runtime.sopi_params import SopiGeometry, pose_to_rtvec
+from runtime.networks.sopi_params import SopiGeometry, pose_to_rtvec
 
 
 def hu_phantom(n: int = 128, seed: int = 0) -> np.ndarray:

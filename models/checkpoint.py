@@ -17,7 +17,7 @@ from models.encoder import CompositeEncoder, FineRegNet
 from models.errors import CheckpointError
 from models.rtpi import RTPI_KINDS, RTPINet
 from models.rtpi_ps import PS_KIND, PatientRTPINet
-from runtime.bundle import sha256_file
+from runtime.networks.bundle import sha256_file
 
 SOPI_FORMAT = "sopi-checkpoint"
 SOPI_FORMAT_VERSION = 1

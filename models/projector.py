@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.sopi_params import SopiGeometry
+from runtime.networks.sopi_params import SopiGeometry
 
 
 def rtvec_to_matrix(rtvec: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Training images from the runtime's own projector, in the camera the bundle will declare.
 
-At run time a frame reaches the networks through `runtime.learned` (frame -> network camera ->
+At run time a frame reaches the networks through `runtime.networks.learned` (frame -> network camera ->
 transpose -> min-max). Rendering training targets with `runtime.Projector` in that same camera, from
 the CT itself (not the network cube), removes the gap between what the network is trained on and
 what it is fed. Its cost is about that of the torch upstream sampler (phantom, 64^2 target, 2 cores:
@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.learned import level_masks, min_max, moving_projector, param_jacobian
-from runtime.pose import invert, log_se3
-from runtime.projector import Projector
-from runtime.sopi_params import SopiGeometry, sopi_to_T
-from runtime.volume import Volume
+from runtime.networks.preprocess import level_masks, min_max, moving_projector
+from runtime.registration.centred import param_jacobian
+from runtime.core.pose import invert, log_se3
+from runtime.projector.projector import Projector
+from runtime.networks.sopi_params import SopiGeometry, sopi_to_T
+from runtime.core.volume import Volume
 
 __all__ = ["network_camera", "TargetRenderer", "MovingRenderer", "anatomy_centre", "descent_step"]
 

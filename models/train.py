@@ -1,27 +1,14 @@
-"""`sopi-train`: train RTPI and the composite encoders on simulated pairs from a CT (patient-specific).
+"""`sopi-train`: the command line over `models.training` (the library: TrainConfig / preset,
+PatientData, the losses, Trainer; docs/training.md).
 
-Library first (the CLI is a thin layer):
-- `TrainConfig` + `preset(network, config)`: the CPU configuration (measured to fit 2 cores) and
-  the paper's configuration for a GPU.
-- `PatientData.from_volume(volume, cfg)`: the CT (with mask) resampled to the network cube, the
-  SopiGeometry the bundle will record, the tensors the projector renders (mu for targets, HU inside
-  the mask for the encoder's moving image).
-- Losses: `rtpi_loss` (Eq. 5: supervised pose loss + gradient-difference similarity of the DRR at
-  the predicted pose + L2 via weight decay) and `encoder_gradient_loss` (Eq. 7: the gradient of the
-  feature distance w.r.t. the pose, taken with create_graph, matched in direction to the gradient
-  of the squared geodesic distance; rotation and translation parts normalised separately).
-- `Trainer`: time-budgeted loop, resumable state (weights, optimiser, scheduler, RNGs, data pool,
-  step) written atomically every `checkpoint_minutes` to the run folder, plus an export-ready
-  checkpoint in our format (`rtpi.pt` / `encoders.pt`) that `sopi-export` reads (the training
-  geometry and cube affine travel in its metadata).
+This module imports torch only once a run needs it, so `sopi-train --help` works on the base
+install, and a missing PyTorch is one `error:` line (exit 2). The library's names are still
+importable from here (`from models.train import Trainer`, as before the split); that import
+loads torch.
 
-Rendering: `models.projector.render_upstream` (targets) and `render_upstream_jac` (DRR + analytic
-Jacobian w.r.t. rtvec). Gradients w.r.t. the pose go through the Jacobian (`linearised`), not
-through grid_sample's double backward, which costs ~15x more on CPU (measured; docs/training.md).
-The sampler is the one proven against the runtime projector in tests.
-
-Conventions: SOPI pose (rx, ry, rz deg; tx, ty, tz mm) and rtvec as in runtime.sopi_params;
-network images are in network orientation (our camera image transposed).
+`--minutes` bounds the whole call: loading the CT, rendering the training pool (at most
+POOL_SHARE of the time left; a pool cut short is said, in the summary too), the first evaluation
+and the training steps; only the final evaluation and checkpoint come after it.
 """
 
 from __future__ import annotations
@@ -31,777 +18,189 @@ import ast
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from models._cli import (EXIT_CODES_HELP, EXIT_FAILED, EXIT_INPUT, EXIT_OK, SopiError, UsageError,
+                         error, paragraphs, require)
 
-from models.augment import AugmentConfig, domain_randomize
-from models.checkpoint import save_checkpoint
-from models.encoder import CompositeEncoder, FineRegNet
-from models.projector import (cube_dist_range, gradient_channels, linearised, min_max,
-                              pose_to_rtvec_t, render_upstream, render_upstream_jac, rtvec_to_matrix)
-from models.rtpi import RTPINet
-from models.rtpi_ps import PS_KIND, PatientRTPINet
-from models.simulate import MovingRenderer, TargetRenderer, descent_step
-from runtime.sopi_params import NATIVE_PIXEL_MM, SopiGeometry, sopi_to_T
+if TYPE_CHECKING:  # pragma: no cover
+    from models.training import *  # noqa: F401,F403
+    from models.training import TrainConfig, Trainer
 
-STATE = "state.pt"
-LOG = "log.jsonl"
-EVAL = "eval.json"
-EXPORT_NAMES = {"rtpi": "rtpi.pt", "encoders": "encoders.pt"}
+POOL_SHARE = 0.5  # the training pool may use this share of the time left after loading the CT
 
 
-# ----------------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    network: str = "rtpi"  # "rtpi" | "encoders"
-    preset: str = "cpu"  # name of the preset this came from
-    rtpi_kind: str = PS_KIND  # RTPInet_ps (one CT, no 3-D branch) or RTPInet_v1 (paper, 128^3)
-    rtpi_width: int = 64  # RTPInet_ps: channels of the first 2-D block (upstream 64)
-    target_renderer: str = "upstream"  # "runtime": runtime.Projector in the network camera (models/simulate.py)
-    supersample: int = 2  # runtime renderer: rays per pixel side, averaged (the runtime bins frames)
-    volume_size: int = 64  # network cube N (voxels per side)
-    det_size: int = 128  # detector pixels per side (covers the native 204 mm detector)
-    batch: int = 16
-    optimizer: str = "adam"  # "adam" | "sgd" (momentum 0.9)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4  # the L2 term of Eq. 5
-    warmup_steps: int = 20
-    lr_half_life_steps: int = 600  # lr = lr0 * 0.5 ** (step / half_life) after warm-up
-    grad_clip: float = 10.0  # gradient-norm clip (ProST)
-    freeze_bn: bool = False  # BatchNorm in eval mode while training (affine only; as deployed)
-    pool_size: int = 256  # rendered (pose, target) pairs kept in memory
-    refresh_per_step: int = 4  # pool entries re-rendered at new random poses every step
-    centre: tuple[float, ...] = (90.0, 0.0, 0.0, 700.0, 0.0, 0.0)  # SOPI pose, deg / mm
-    half_range: tuple[float, ...] = (15.0, 10.0, 10.0, 50.0, 20.0, 20.0)  # uniform +- around centre
-    perturb: tuple[float, ...] = (8.0, 8.0, 8.0, 30.0, 15.0, 15.0)  # encoders: init = gt + U(-1,1)*this
-    w_pose: float = 1.0  # supervised pose loss (unit-range MSE)
-    w_sim: float = 0.1  # 1 - gradient difference at the predicted pose
-    sim_size: int = 64  # detector size of the similarity rendering
-    sim_batch: int = 4  # items of the batch that get the similarity term
-    levels: tuple[str, ...] = ("p3", "p4", "p5")  # encoder feature levels in the distance
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    checkpoint_minutes: float = 3.0
-    n_eval: int = 48
-    eval_at_checkpoints: bool = True
-    seed: int = 0
-    threads: int = 2
-    device: str = "cpu"  # torch device of the networks and the torch renderers ("cuda", "cuda:1")
-    rows_per_chunk: int = 16
+def __getattr__(name: str) -> Any:
+    """The training library's names (`models.training`), importable from here as before."""
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from models import training
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        aug = d.pop("augment", None)
-        for k in ("centre", "half_range", "perturb", "levels"):
-            if k in d:
-                d[k] = tuple(d[k])
-        cfg = cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-        if aug is not None:
-            aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-            cfg = dataclasses.replace(cfg, augment=AugmentConfig(**aug))
-        return cfg
-
-
-def preset(network: str, config: str = "cpu", **overrides: Any) -> TrainConfig:
-    """The named configurations (docs/training.md has the measurements behind them).
-
-    cpu: patient-specific, 64^3 cube, 64^2 detector (3.19 mm pixels over the native 204 mm
-         field), images from the runtime projector (models/simulate.py); RTPI = RTPInet_ps width
-         32 (batch 32, Adam 1e-3, similarity at 32^2); encoders = Fine_regnet HEAD layout
-         (batch 4, Adam 3e-4, masked distance, gradients in the runtime's parameters).
-    paper: 128^3 cube, 256^2 detector (upstream flag 4); RTPI = RTPInet_v1 with its 3-D branch;
-         encoders at 256^2, batch 2, SGD 1e-4 momentum 0.9 (SOPI HEAD). Meant for a GPU.
-    """
-    if network not in ("rtpi", "encoders"):
-        raise ValueError(f"network must be 'rtpi' or 'encoders', got {network!r}")
-    if overrides.get("target_renderer", "upstream") not in ("upstream", "runtime"):
-        raise ValueError(f"target_renderer must be 'upstream' or 'runtime', got {overrides['target_renderer']!r}")
-    if config not in ("cpu", "paper", "tiny"):
-        raise ValueError(f"config must be 'cpu' or 'paper', got {config!r}")
-    base: dict[str, Any] = {"network": network, "preset": config}
-    if config == "cpu":
-        base.update(volume_size=64, det_size=64)
-        if network == "encoders":  # 64^2: the double backward at 128^2 is too slow (docs)
-            base.update(batch=4, lr=3e-4, weight_decay=0.0, pool_size=256,
-                        refresh_per_step=1, warmup_steps=20, lr_half_life_steps=1000, n_eval=64,
-                        target_renderer="runtime", freeze_bn=True,
-                        augment=AugmentConfig(p_collimate=0.5))
-        else:  # 64^2, RTPInet_ps width 32, targets from the runtime projector (docs/training.md)
-            base.update(batch=32, rtpi_width=32, pool_size=8192, refresh_per_step=2,
-                        sim_size=32, warmup_steps=50, lr_half_life_steps=1500, n_eval=128,
-                        target_renderer="runtime", augment=AugmentConfig(p_collimate=0.5))
-    elif config == "paper":
-        base.update(volume_size=128, det_size=256, checkpoint_minutes=5.0, threads=0,
-                    rows_per_chunk=64)
-        if network == "rtpi":
-            base.update(rtpi_kind="RTPInet_v1", batch=8, lr=1e-4, half_range=(15.0, 8.0, 8.0, 0.0, 20.0, 20.0),
-                        pool_size=512, refresh_per_step=8, sim_size=128, sim_batch=8, n_eval=64)
-        else:
-            base.update(batch=2, optimizer="sgd", lr=1e-4, weight_decay=0.0, pool_size=2,
-                        refresh_per_step=2, n_eval=64, lr_half_life_steps=20000)
-    else:  # tiny: tests only
-        base.update(volume_size=32, det_size=64, batch=4, pool_size=8, refresh_per_step=2,
-                    sim_size=32, sim_batch=2, n_eval=4, checkpoint_minutes=1e9, warmup_steps=2,
-                    threads=1)
-        if network == "encoders":
-            base.update(batch=2, lr=1e-4, pool_size=2, refresh_per_step=1)
-    base.update(overrides)
-    return TrainConfig(**base)
-
-
-# ------------------------------------------------------------------------------------------- data
-@dataclass
-class PatientData:
-    """One CT on the network cube plus the geometry the networks are trained for."""
-
-    geometry: SopiGeometry
-    cube_affine: np.ndarray  # network cube voxel index [i,j,k,1] -> LPS mm (for sopi_to_T)
-    mu: torch.Tensor  # [1,1,N,N,N] network order, linear attenuation (targets: X-ray domain)
-    hu4: torch.Tensor  # [1,4,N,N,N] HU inside the mask (0 outside) + gradient (moving DRR)
-    source: str = ""  # description of the CT (file name or "phantom")
-    has_mask: bool = False
-    volume: Any = None  # the CT as a runtime.Volume (right-handed), for the runtime renderer
-    renderers: dict = field(default_factory=dict, repr=False)  # TargetRenderer per image size
-
-    @classmethod
-    def from_volume(cls, volume, cfg: TrainConfig, source: str = "") -> "PatientData":
-        """Resample a runtime.Volume (mu, optional label mask) to the cfg.volume_size cube.
-
-        The cube is isotropic, centred on the CT, spans its largest extent; norm_factor =
-        N * voxel / 2; flag = 512 / N; the detector covers the native 1024 x 0.19959 mm.
-        """
-        from runtime.volume import MU_WATER, Volume
-
-        if np.linalg.det(volume.affine[:3, :3]) < 0:  # make the cube right-handed: flip i
-            a = volume.affine.copy()
-            ni = volume.size_ijk[0]
-            a[:3, 3] = a[:3, 3] + a[:3, 0] * (ni - 1)
-            a[:3, 0] = -a[:3, 0]
-            m = None if volume.mask is None else volume.mask[:, :, ::-1].copy()
-            volume = Volume(volume.data[:, :, ::-1].copy(), a, m)
-        n = int(cfg.volume_size)
-        cube = volume.resample_cubic(n)
-        voxel = float(np.linalg.norm(cube.affine[:3, 0]))
-        flag = max(1, 512 // n)
-        geom = SopiGeometry(norm_factor_mm=n * voxel / 2, volume_size=n, flag=flag,
-                            det_size=int(cfg.det_size), pixel_mm=NATIVE_PIXEL_MM * 1024 / cfg.det_size)
-        mu = np.ascontiguousarray(cube.data.transpose(2, 1, 0)).astype(np.float32)
-        hu = 1000.0 * (mu / MU_WATER - 1.0)
-        has_mask = cube.mask is not None and bool(np.any(cube.mask))
-        if has_mask:
-            hu = hu * (np.ascontiguousarray(cube.mask.transpose(2, 1, 0)) > 0)
-        mu_t = torch.from_numpy(mu)[None, None]
-        hu_t = torch.from_numpy(hu.astype(np.float32))[None, None]
-        # the cube affine maps index (n-1)/2 to the CT centre, while sopi's cube puts N/2 there;
-        # both are just "the affine of the tensor the network saw", which is what sopi_to_T needs
-        return cls(geom, cube.affine.copy(), mu_t, gradient_channels(hu_t), source, has_mask, volume)
-
-    def metadata(self) -> dict:
-        return {"geometry": self.geometry.to_dict(), "cube_affine": self.cube_affine.tolist(),
-                "ct": self.source, "mask": self.has_mask}
-
-
-def sample_poses(n: int, cfg: TrainConfig, gen: torch.Generator,
-                 around: torch.Tensor | None = None, spread: tuple[float, ...] | None = None
-                 ) -> torch.Tensor:
-    """[n,6] SOPI poses, uniform in centre +- half_range (or `around` +- `spread`)."""
-    c = torch.tensor(cfg.centre, dtype=torch.float64) if around is None else around
-    s = torch.tensor(cfg.half_range if spread is None else spread, dtype=torch.float64)
-    return c + (2 * torch.rand((n, 6), generator=gen, dtype=torch.float64) - 1) * s
-
-
-def render_target(data: PatientData, pose: torch.Tensor, cfg: TrainConfig,
-                  det_size: int | None = None) -> torch.Tensor:
-    """Clean fixed images [n,1,S,S]: min-max DRR of mu (X-ray line-integral domain)."""
-    if cfg.target_renderer == "runtime":
-        size = int(det_size or data.geometry.det_size)
-        if size not in data.renderers:
-            data.renderers[size] = TargetRenderer(data.volume, data.geometry, data.cube_affine,
-                                                  size, cfg.supersample)
-        return torch.from_numpy(data.renderers[size].targets(pose.numpy()))
-    geom = data.geometry
-    if det_size is not None and det_size != geom.det_size:
-        geom = dataclasses.replace(geom, det_size=int(det_size),
-                                   pixel_mm=geom.pixel_mm * geom.det_size / det_size)
-    rt = pose_to_rtvec_t(pose, geom.norm_factor_mm).float().to(data.mu.device)
-    out = []
-    for i in range(0, len(rt), 8):
-        r = rt[i:i + 8]
-        img = render_upstream(data.mu.expand(len(r), -1, -1, -1, -1), r, geom,
-                              rows_per_chunk=cfg.rows_per_chunk, dist_range=cube_dist_range(r, geom))
-        out.append(min_max(img).cpu())
-    return torch.cat(out, 0)
-
-
-def render_moving(data: PatientData, pose: torch.Tensor, cfg: TrainConfig, det_size: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw upstream DRR of the HU-in-mask cube at `pose` and its Jacobian w.r.t. rtvec."""
-    rt = pose_to_rtvec_t(pose, data.geometry.norm_factor_mm).float().to(data.hu4.device)
-    ims, jas = [], []
-    for i in range(0, len(rt), 4):
-        im, ja = render_upstream_jac(data.hu4, rt[i:i + 4], data.geometry,
-                                     rows_per_chunk=cfg.rows_per_chunk, det_size=det_size)
-        ims.append(im.cpu())
-        jas.append(ja.cpu())
-    return torch.cat(ims), torch.cat(jas)
-
-
-def _level_sizes(data: PatientData, cfg: TrainConfig) -> dict[str, tuple[int, int]]:
-    """(h, w) of the encoder's p3/p4/p5 maps at the detector size (one dry forward, cached)."""
-    key = ("levels", cfg.det_size)
-    if key not in data.renderers:
-        with torch.no_grad():
-            _, p3, p4, p5 = CompositeEncoder("head", cfg.det_size)(torch.zeros(1, 1, cfg.det_size, cfg.det_size))
-        data.renderers[key] = {k: tuple(v.shape[-2:]) for k, v in zip(("p3", "p4", "p5"), (p3, p4, p5))}
-    return data.renderers[key]
-
-
-def render_encoder_inputs(data: PatientData, pose: torch.Tensor, init: torch.Tensor,
-                          cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Moving inputs at `init` with their pose Jacobian and the reference gradient h (away from
-    `pose`, the truth). Runtime renderer: x, tangents and level masks exactly as the learned stage
-    forms them (models.simulate.MovingRenderer), h = -descent_step; upstream: rtvec Jacobian,
-    h = geodesic_gradient, no masks."""
-    if cfg.target_renderer != "runtime":
-        nf = data.geometry.norm_factor_mm
-        moving, jac = render_moving(data, init, cfg)
-        return {"moving": moving, "jac": jac,
-                "h": geodesic_gradient(pose_to_rtvec_t(init, nf), pose_to_rtvec_t(pose, nf)).double()}
-    if "moving" not in data.renderers:
-        sizes = _level_sizes(data, cfg)
-        data.renderers["moving"] = MovingRenderer(data.volume, data.volume.mask, data.geometry,
-                                                  data.cube_affine, [sizes[k] for k in cfg.levels])
-    mr = data.renderers["moving"]
-    out: dict[str, list] = {"moving": [], "jac": [], "h": [], **{f"mask_{k}": [] for k in cfg.levels}}
-    for p, q in zip(pose.numpy(), init.numpy()):
-        T0, Tg = sopi_to_T(q, data.geometry, data.cube_affine), sopi_to_T(p, data.geometry, data.cube_affine)
-        x, tang, masks = mr.render(T0)
-        out["moving"].append(x[None])
-        out["jac"].append(tang)
-        out["h"].append(-descent_step(T0, Tg, mr.centre, mr.rho))
-        for k, m in zip(cfg.levels, masks):
-            out[f"mask_{k}"].append(m[None])
-    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
-
-
-def _masks(b: dict[str, torch.Tensor], levels: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
-    if not all(f"mask_{k}" in b for k in levels):
-        return None
-    return {k: b[f"mask_{k}"].float() for k in levels}
-
-
-# ----------------------------------------------------------------------------------------- losses
-def gradient_difference(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-    """Gradient difference similarity (Penney et al.) per image, in (0, 1]; 1 = identical gradients.
-
-    GD = mean over x,y of  A / (A + (dF - dM)^2), A = variance of the fixed gradient.
-    """
-    out = 0.0
-    for dim in (-1, -2):
-        df = torch.diff(fixed, dim=dim)
-        dm = torch.diff(moving, dim=dim)
-        a = df.flatten(1).var(1).clamp_min(1e-8).view(-1, 1, 1, 1)
-        out = out + (a / (a + (df - dm) ** 2)).flatten(1).mean(1)
-    return out / 2
-
-
-def minmax_diff(img: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max normalisation that stays differentiable."""
-    flat = img.flatten(1)
-    lo, hi = flat.min(1)[0].view(-1, 1, 1, 1), flat.max(1)[0].view(-1, 1, 1, 1)
-    return (img - lo) / (hi - lo).clamp_min(1e-12)
-
-
-def rotation_angle(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
-    """Geodesic angle (rad) between rotation batches [B,3,3] (differentiable, stable)."""
-    m = ra.transpose(1, 2) @ rb
-    c = ((m.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
-    ax = torch.stack([m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1)
-    s = ax.norm(dim=-1) / 2
-    return torch.atan2(s, c)
-
-
-def geodesic_gradient(rtvec: torch.Tensor, rtvec_gt: torch.Tensor) -> torch.Tensor:
-    """d/d rtvec of the squared geodesic distance  theta(R, R_gt)^2 + ||t - t_gt||^2  [B,6].
-
-    theta is the rotation angle between the two poses; t (normalised units) places the cube centre
-    (at canonical -t), so ||t - t_gt|| is the centre's displacement. Points away from the truth.
-    """
-    r = rtvec.detach().double().clone().requires_grad_(True)
-    gt = rtvec_gt.detach().double()
-    d2 = rotation_angle(rtvec_to_matrix(r)[:, :, :3], rtvec_to_matrix(gt)[:, :, :3]) ** 2 \
-        + ((r[:, 3:] - gt[:, 3:]) ** 2).sum(-1)
-    (g,) = torch.autograd.grad(d2.sum(), r)
-    return g.to(rtvec.dtype)
-
-
-def _unit_parts(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (g[:, :3] / (g[:, :3].norm(dim=-1, keepdim=True) + 1e-10),
-            g[:, 3:] / (g[:, 3:].norm(dim=-1, keepdim=True) + 1e-10))
-
-
-def feature_distance(model: FineRegNet, moving: torch.Tensor, fixed: torch.Tensor,
-                     levels: tuple[str, ...], masks: dict[str, torch.Tensor] | None = None
-                     ) -> torch.Tensor:
-    """Per-item mean squared distance between the two encoders' features [B]; with `masks`
-    ({level: [B,1,h,w]}) both maps are weighted by the projected spine mask (Eq. 6, as the
-    runtime's learned stage forms its residuals)."""
-    _, m3, m4, m5 = model.encoderx(moving)
-    _, f3, f4, f5 = model.encodery(fixed)
-    pairs = {"p3": (m3, f3), "p4": (m4, f4), "p5": (m5, f5)}
-    out = 0.0
-    for k in levels:
-        d = pairs[k][0] - pairs[k][1]
-        if masks is not None:
-            d = d * masks[k]
-        out = out + (d ** 2).flatten(1).mean(1)
-    return out
-
-
-def similarity_gradient(model: FineRegNet, moving: torch.Tensor, jac: torch.Tensor,
-                        fixed: torch.Tensor, levels: tuple[str, ...], create_graph: bool,
-                        masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """g = dL/dp [B,6] of the learned distance, through the DRR Jacobian (exact chain rule);
-    p = rtvec (upstream renderer) or the Registrar's scaled twist (runtime renderer)."""
-    x = moving.detach().requires_grad_(True)
-    dist = feature_distance(model, x, fixed, levels, masks)
-    (dx,) = torch.autograd.grad(dist.sum(), x, create_graph=create_graph)
-    return torch.einsum("bhw,bihw->bi", dx[:, 0], jac)
-
-
-def encoder_gradient_loss(model: FineRegNet, moving: torch.Tensor, jac: torch.Tensor,
-                          fixed: torch.Tensor, h: torch.Tensor,
-                          levels: tuple[str, ...] = ("p3", "p4", "p5"),
-                          masks: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
-    """Eq. 7 (ProST/SOPI): || g_rot/|g_rot| - h_rot/|h_rot| ||^2 + same for translation, batch mean.
-
-    g: gradient of the feature distance w.r.t. the pose parameters of `jac` (create_graph ->
-    double backward into the encoders); h: the reference gradient in the same parameters, pointing
-    away from the truth (`geodesic_gradient` for rtvec, minus `descent_step` for the runtime's).
-    """
-    g = similarity_gradient(model, moving, jac, fixed, levels, create_graph=True, masks=masks)
-    gr, gt = _unit_parts(g)
-    hr, ht = _unit_parts(h)
-    loss = ((gr - hr) ** 2).sum(-1).mean() + ((gt - ht) ** 2).sum(-1).mean()
-    with torch.no_grad():
-        info = {"cos_rot": float((gr * hr).sum(-1).mean()), "cos_trans": float((gt * ht).sum(-1).mean())}
-    return loss, info
-
-
-def rtpi_loss(model, data: PatientData, images: torch.Tensor, pose_gt: torch.Tensor,
-              sim_targets: torch.Tensor | None, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """Eq. 5: w_pose * MSE of the normalised pose (fixed outputs excluded)
-    + w_sim * (1 - GD(target, DRR at the predicted pose)); L2 = the optimiser's weight decay."""
-    unit, pose = _rtpi_forward(model, data, images)
-    span = model.range_span
-    live = span > 0
-    gt_unit = (pose_gt.to(unit.dtype) - model.range_lo) / torch.where(live, span, torch.ones_like(span))
-    l_pose = ((unit - gt_unit)[:, live] ** 2).mean()
-    loss = cfg.w_pose * l_pose
-    info = {"pose": float(l_pose.detach())}
-    if cfg.w_sim > 0 and sim_targets is not None and cfg.sim_batch > 0:
-        k = min(cfg.sim_batch, len(pose))
-        rt = pose_to_rtvec_t(pose[:k], data.geometry.norm_factor_mm)
-        # the predicted pose renders the full CT (mu) like the target
-        img, jac = render_upstream_jac(gradient_channels(data.mu), rt, data.geometry,
-                                       rows_per_chunk=cfg.rows_per_chunk, det_size=cfg.sim_size)
-        drr = minmax_diff(linearised(img, jac, rt))
-        gd = gradient_difference(sim_targets[:k], drr).mean()
-        loss = loss + cfg.w_sim * (1 - gd)
-        info["gd"] = float(gd.detach())
-    return loss, info
-
-
-def _rtpi_forward(model, data: PatientData, images: torch.Tensor):
-    if isinstance(model, PatientRTPINet):
-        return model(images)
-    vol = (data.hu4[:, :1]).expand(len(images), -1, -1, -1, -1)
-    return model(vol, images)
-
-
-# ------------------------------------------------------------------------------------- evaluation
-def rtpi_errors(pred: torch.Tensor, gt: torch.Tensor) -> dict:
-    """Rotation error (geodesic, deg) and translation error (cube-centre displacement, mm)."""
-    rp = rtvec_to_matrix(pose_to_rtvec_t(pred.double(), 1.0))[:, :, :3]
-    rg = rtvec_to_matrix(pose_to_rtvec_t(gt.double(), 1.0))[:, :, :3]
-    rot = torch.rad2deg(rotation_angle(rp, rg))
-    tr = (pred.double()[:, 3:] - gt.double()[:, 3:]).norm(dim=-1)
-    comp = (pred.double() - gt.double()).abs().mean(0)
-    return {"rot_deg_mean": float(rot.mean()), "rot_deg_median": float(rot.median()),
-            "trans_mm_mean": float(tr.mean()), "trans_mm_median": float(tr.median()),
-            "abs_err_per_component": [round(float(x), 3) for x in comp]}
-
-
-class EvalSet:
-    """Held-out frames (their own seed, never in the training pool)."""
-
-    def __init__(self, data: PatientData, cfg: TrainConfig) -> None:
-        gen = torch.Generator().manual_seed(cfg.seed + 104729)
-        self.pose = sample_poses(cfg.n_eval, cfg, gen)
-        self.target = render_target(data, self.pose, cfg)
-        self.target_aug = domain_randomize(self.target, gen, cfg.augment)
-        if cfg.network == "encoders":
-            self.init = sample_poses(cfg.n_eval, cfg, gen, around=self.pose, spread=cfg.perturb)
-            self.enc = render_encoder_inputs(data, self.pose, self.init, cfg)
-
-    def evaluate(self, model, data: PatientData, cfg: TrainConfig) -> dict:
-        was = model.training
-        model.eval()
-        dev = next(model.parameters()).device
-        try:
-            if cfg.network == "rtpi":
-                with torch.no_grad():
-                    p = torch.cat([_rtpi_forward(model, data, self.target[i:i + 16].to(dev))[1].cpu()
-                                   for i in range(0, len(self.target), 16)])
-                    pa = torch.cat([_rtpi_forward(model, data, self.target_aug[i:i + 16].to(dev))[1].cpu()
-                                    for i in range(0, len(self.target), 16)])
-                centre = torch.tensor(cfg.centre, dtype=torch.float64).expand_as(self.pose)
-                return {"n": len(self.pose), "clean": rtpi_errors(p, self.pose),
-                        "augmented": rtpi_errors(pa, self.pose),
-                        "predict_centre_baseline": rtpi_errors(centre, self.pose)}
-            h = self.enc["h"]
-            cr, ct, c6 = [], [], []
-            for i in range(0, len(self.pose), 4):
-                sl = slice(i, i + 4)
-                part = {k: v[sl].to(dev) for k, v in self.enc.items()}
-                g = similarity_gradient(model, part["moving"], part["jac"], self.target[sl].to(dev),
-                                        cfg.levels, create_graph=False,
-                                        masks=_masks(part, cfg.levels)).double().cpu()
-                gr, gt = _unit_parts(g)
-                hr, ht = _unit_parts(h[sl])
-                cr.append((gr * hr).sum(-1))
-                ct.append((gt * ht).sum(-1))
-                c6.append(F.cosine_similarity(torch.cat([gr, gt], -1), torch.cat([hr, ht], -1)))
-            cr, ct, c6 = torch.cat(cr), torch.cat(ct), torch.cat(c6)
-            return {"n": len(self.pose), "frac_cos_rot_pos": float((cr > 0).double().mean()),
-                    "frac_cos_trans_pos": float((ct > 0).double().mean()),
-                    "frac_cos_pos": float((c6 > 0).double().mean()),
-                    "mean_cos_rot": float(cr.mean()), "mean_cos_trans": float(ct.mean()),
-                    "mean_cos": float(c6.mean())}
-        finally:
-            model.train(was)
-
-
-# ---------------------------------------------------------------------------------------- trainer
-def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    if cfg.network == "encoders":
-        return FineRegNet("head", cfg.det_size)
-    if cfg.rtpi_kind == PS_KIND:
-        return PatientRTPINet(cfg.det_size, width=cfg.rtpi_width)
-    m = RTPINet(cfg.rtpi_kind)
-    with torch.no_grad():  # start inside relu6's linear range (upstream's zero bias clips)
-        m.fc2.bias.fill_(3.0)
-        m.fc2.weight.mul_(0.1)
-    return m
-
-
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    w, hl = max(1, cfg.warmup_steps), max(1, cfg.lr_half_life_steps)
-    return lambda s: min(1.0, (s + 1) / w) * 0.5 ** (max(0, s - w) / hl)
-
-
-class Trainer:
-    """Holds everything a run needs; `run(minutes)` trains, checkpoints, evaluates."""
-
-    def __init__(self, data: PatientData, cfg: TrainConfig, run_dir: str | Path,
-                 resume: bool = False, log: Callable[[str], None] | None = None) -> None:
-        self.data, self.cfg, self.dir = data, cfg, Path(run_dir)
-        self.say = log or (lambda m: None)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        state_path = self.dir / STATE
-        if state_path.exists() and not resume:
-            raise FileExistsError(f"{state_path} exists: pass --resume to continue it, or use a new --run-dir")
-        self.device = torch.device(cfg.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {cfg.device!r}: this PyTorch has no CUDA device "
-                             f"(torch {torch.__version__}); use --device cpu")
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(self.device)
-        data.mu, data.hu4 = data.mu.to(self.device), data.hu4.to(self.device)
-        params = list(self.model.parameters())
-        if cfg.optimizer == "sgd":
-            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-        else:
-            self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.elapsed = 0.0
-        self.pool: dict[str, torch.Tensor] = {}
-        self.history: list[dict] = []
-        if resume and state_path.exists():
-            self._load(state_path)
-            self.say(f"resumed {state_path} at step {self.step} ({self.elapsed / 60:.1f} min trained)")
-        else:
-            t0 = time.perf_counter()
-            self.pool = self._render(cfg.pool_size)
-            self.say(f"rendered a pool of {cfg.pool_size} pairs in {time.perf_counter() - t0:.1f} s")
-        self._eval_set: EvalSet | None = None
-
-    # -- data
-    def _render(self, n: int) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        pose = sample_poses(n, cfg, self.gen)
-        out = {"pose": pose, "target": render_target(self.data, pose, cfg)}
-        if cfg.network == "rtpi":
-            if cfg.w_sim > 0:
-                k = cfg.det_size // cfg.sim_size
-                if cfg.target_renderer == "runtime" and k * cfg.sim_size == cfg.det_size:
-                    out["target_sim"] = min_max(F.avg_pool2d(out["target"], k))  # same rays, binned
-                else:
-                    out["target_sim"] = render_target(self.data, pose, cfg, det_size=cfg.sim_size)
-        else:
-            init = sample_poses(n, cfg, self.gen, around=pose, spread=cfg.perturb)
-            out["init"] = init
-            out.update(render_encoder_inputs(self.data, pose, init, cfg))
-        return out
-
-    def _refresh(self) -> None:
-        k = min(self.cfg.refresh_per_step, self.cfg.pool_size)
-        if k <= 0:
-            return
-        idx = torch.randperm(self.cfg.pool_size, generator=self.gen)[:k]
-        new = self._render(k)
-        for key, v in new.items():
-            self.pool[key][idx] = v.to(self.pool[key].dtype)
-
-    def _batch(self) -> dict[str, torch.Tensor]:
-        idx = torch.randint(self.cfg.pool_size, (self.cfg.batch,), generator=self.gen)
-        b = {k: v[idx] for k, v in self.pool.items()}
-        b["image"] = domain_randomize(b["target"], self.gen, self.cfg.augment)
-        return b
-
-    # -- one step
-    def train_step(self) -> dict:
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        self._refresh()
-        t1 = time.perf_counter()
-        b = {k: v.to(self.device) for k, v in self._batch().items()}
-        self.model.train()
-        if cfg.freeze_bn:  # tiny batches and 2x2 maps: batch statistics are noise, and deployment
-            for m in self.model.modules():  # uses the running ones; keep them as initialised
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        if cfg.network == "rtpi":
-            loss, info = rtpi_loss(self.model, self.data, b["image"], b["pose"],
-                                   b.get("target_sim"), cfg)
-        else:
-            loss, info = encoder_gradient_loss(self.model, b["moving"], b["jac"], b["image"],
-                                               b["h"].float(), cfg.levels, _masks(b, cfg.levels))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.step += 1
-        t2 = time.perf_counter()
-        return {"step": self.step, "loss": float(loss.detach()), **info, "grad_norm": float(gnorm),
-                "lr": self.sched.get_last_lr()[0], "render_s": round(t1 - t0, 3),
-                "step_s": round(t2 - t0, 3)}
-
-    # -- state
-    def state_dict(self) -> dict:
-        return {"format": "sopi-train-state", "version": 1, "config": self.cfg.to_dict(),
-                "step": self.step, "elapsed_s": self.elapsed, "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "data_rng": self.gen.get_state(),
-                "pool": self.pool, "history": self.history,
-                "patient": self.data.metadata()}
-
-    def _load(self, path: Path) -> None:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.from_dict(st["config"])
-        if saved.network != self.cfg.network or saved.volume_size != self.cfg.volume_size \
-                or saved.det_size != self.cfg.det_size:
-            raise ValueError(f"{path} is a {saved.network}/{saved.preset} run "
-                             f"({saved.volume_size}^3, {saved.det_size}^2); it cannot continue as "
-                             f"{self.cfg.network}/{self.cfg.preset}")
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["torch_rng"])
-        self.gen.set_state(st["data_rng"])
-        self.pool, self.step, self.elapsed = st["pool"], int(st["step"]), float(st["elapsed_s"])
-        self.history = list(st.get("history", []))
-
-    def save(self) -> Path:
-        """Atomic write of the resumable state and of the export-ready checkpoint."""
-        tmp = self.dir / (STATE + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.dir / STATE)
-        return self.export_checkpoint()
-
-    def export_checkpoint(self, path: str | Path | None = None) -> Path:
-        path = Path(path) if path is not None else self.dir / EXPORT_NAMES[self.cfg.network]
-        kind = ("Fine_regnet" if self.cfg.network == "encoders"
-                else (PS_KIND if isinstance(self.model, PatientRTPINet) else self.model.kind))
-        meta = {**self.data.metadata(), "trained_by": "sopi-train", "epoch": self.step,
-                "train_step": self.step, "train_minutes": round(self.elapsed / 60, 2),
-                "train_config": self.cfg.to_dict(),
-                "last_eval": self.history[-1]["eval"] if self.history else None}
-        tmp = path.with_suffix(".tmp")
-        was = self.model.training
-        self.model.eval()
-        save_checkpoint(tmp, self.model, kind, meta)
-        self.model.train(was)
-        os.replace(tmp, path)
-        return path
-
-    def evaluate(self) -> dict:
-        if self._eval_set is None:
-            self._eval_set = EvalSet(self.data, self.cfg)
-        res = self._eval_set.evaluate(self.model, self.data, self.cfg)
-        self.history.append({"step": self.step, "minutes": round(self.elapsed / 60, 2), "eval": res})
-        (self.dir / EVAL).write_text(json.dumps(self.history, indent=1))
-        return res
-
-    # -- loop
-    def run(self, minutes: float, max_steps: int | None = None, evaluate: bool = True) -> dict:
-        """Train for `minutes` of wall time (or `max_steps` more steps), checkpointing every
-        cfg.checkpoint_minutes; evaluates before (fresh runs) and at every checkpoint."""
-        cfg = self.cfg
-        if evaluate and not self.history:
-            self.say(f"eval before training: {json.dumps(self.evaluate())}")
-        start = time.perf_counter()
-        last_ck = start
-        elapsed0 = self.elapsed
-        steps0 = self.step
-        log = open(self.dir / LOG, "a")
-        times = []
-        try:
-            while True:
-                now = time.perf_counter()
-                if now - start >= minutes * 60 or (max_steps is not None and self.step - steps0 >= max_steps):
-                    break
-                rec = self.train_step()
-                times.append(rec["step_s"])
-                self.elapsed = elapsed0 + time.perf_counter() - start
-                rec["minutes"] = round(self.elapsed / 60, 3)
-                log.write(json.dumps(rec) + "\n")
-                if self.step % 10 == 0:
-                    log.flush()
-                    self.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in rec.items()))
-                if time.perf_counter() - last_ck >= cfg.checkpoint_minutes * 60:
-                    if evaluate and cfg.eval_at_checkpoints:
-                        self.say(f"eval at step {self.step}: {json.dumps(self.evaluate())}")
-                    self.say(f"checkpoint -> {self.save()}")
-                    last_ck = time.perf_counter()
-        finally:
-            log.close()
-        self.elapsed = elapsed0 + time.perf_counter() - start
-        res = self.evaluate() if evaluate else {}
-        if evaluate:
-            self.say(f"eval at step {self.step}: {json.dumps(res)}")
-        self.say(f"checkpoint -> {self.save()}")
-        return {"steps": self.step - steps0, "step": self.step,
-                "median_step_s": float(np.median(times)) if times else None, "eval": res}
-
-
-# -------------------------------------------------------------------------------------------- CLI
-def load_patient(ct: str | None, mask: str | None, phantom: bool, cfg: TrainConfig) -> PatientData:
-    if phantom:
-        from runtime.phantom import make_phantom
-
-        return PatientData.from_volume(make_phantom(), cfg, "runtime.make_phantom()")
-    from runtime.io import load_ct
-
-    vol = load_ct(ct, mask=mask) if mask else load_ct(ct)
-    return PatientData.from_volume(vol, cfg, Path(ct).name)
+    try:
+        return getattr(training, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sopi-train",
-        description="Train RTPI or the composite encoders on DRRs simulated from one CT "
-                    "(patient-specific), resumable, writing checkpoints sopi-export reads.",
-        epilog="example: sopi-train --phantom --network rtpi --config cpu --minutes 12 "
-               "--run-dir runs/rtpi && sopi-export runs/rtpi/rtpi.pt -o bundle/")
+        description=paragraphs(
+            "Train RTPI or the composite encoders on DRRs simulated from one CT "
+            "(patient-specific), resumable, writing checkpoints sopi-export reads.",
+            "Needs PyTorch: pip install -e '.[export]'."),
+        epilog=paragraphs(
+            EXIT_CODES_HELP.format(failed="the last training loss is not finite"),
+            "example: sopi-train --phantom --network rtpi --config cpu --minutes 12 "
+            "--run-dir runs/rtpi && sopi-export runs/rtpi/rtpi.pt -o bundle/"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ct", help="CT (NIfTI / DICOM folder / .npz, read by runtime.load_ct)")
-    src.add_argument("--phantom", action="store_true", help="use runtime.make_phantom()")
-    p.add_argument("--mask", help="label mask (NIfTI); the encoders' moving DRR uses HU inside it")
-    p.add_argument("--network", choices=("rtpi", "encoders"), required=True)
+    src.add_argument("--ct", help="CT (NIfTI / DICOM folder / .npz, read by runtime.load_ct); "
+                                  "this or --phantom is required")
+    src.add_argument("--phantom", action="store_true",
+                     help="use runtime.make_phantom() instead of a CT (this or --ct is required)")
+    p.add_argument("--mask", help="label mask (NIfTI) of the CT; the encoders' moving DRR uses HU "
+                                  "inside it (default: none, the whole CT)")
+    p.add_argument("--network", choices=("rtpi", "encoders"), required=True,
+                   help="what to train (required; with --resume it must match the run's)")
     p.add_argument("--config", choices=("cpu", "paper", "tiny"), default="cpu",
-                   help="cpu: 2 cores, patient-specific; paper: GPU; tiny: tests only")
-    p.add_argument("--minutes", type=float, default=10.0, help="wall-time budget of this call")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--run-dir", required=True, help="run folder (state.pt, log.jsonl, eval.json, *.pt)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--checkpoint-minutes", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (0: torch default)")
+                   help="preset: cpu = 2 cores, patient-specific; paper = GPU; tiny = tests only "
+                        "(default: cpu; with --resume the run's own config is used)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="wall-time limit of the whole call: loading the CT, rendering the training "
+                        f"pool (at most {POOL_SHARE * 100:.0f}%% of the time left; a pool cut short is "
+                        "reported), evaluation and training; the final evaluation and checkpoint "
+                        "come after it (default: 10)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="also stop after this many steps (default: no step limit)")
+    p.add_argument("--run-dir", required=True,
+                   help="run folder: state.pt, log.jsonl, eval.json, rtpi.pt / encoders.pt (required)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its state.pt. A folder without state.pt "
+                        "is an error (exit 2): leave out --resume to start a fresh run there. "
+                        "Without --resume an existing state.pt is an error too (default: off)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="write the state and the checkpoint every N minutes "
+                        "(default: the preset's, 3 for cpu, 5 for paper)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads, 0 = torch's default (default: the preset's, 2 for cpu, "
+                        "0 for paper)")
     p.add_argument("--device", default=None,
-                   help="torch device for the networks and torch renderers: cpu (default), cuda, cuda:N")
+                   help="torch device of the networks and the torch renderers: cpu, cuda, cuda:N "
+                        "(default: cpu; a resumed run keeps its own unless given)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field of the preset (Python literal), e.g. pool_size=4096")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluations")
-    p.add_argument("-q", "--quiet", action="store_true")
+                   help="override a TrainConfig field of the preset (Python literal), e.g. "
+                        "pool_size=4096; repeatable (default: none)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the held-out evaluations (default: evaluate before, at every "
+                        "checkpoint and at the end)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr (default: progress on stderr; the summary JSON "
+                        "always goes to stdout)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+def _overrides(a: argparse.Namespace, fields: set[str]) -> dict[str, Any]:
+    """TrainConfig overrides from the options and --set (UsageError on an unknown key)."""
     over = {k: v for k, v in (("checkpoint_minutes", a.checkpoint_minutes), ("seed", a.seed),
                               ("threads", a.threads), ("device", a.device)) if v is not None}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for item in a.set:
         key, _, val = item.partition("=")
         if key not in fields or not val:
-            print(f"sopi-train: --set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}",
-                  file=sys.stderr)
-            return 2
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
         try:
             over[key] = ast.literal_eval(val)
         except (ValueError, SyntaxError):
             over[key] = val  # a bare word: a string field such as target_renderer
-    t0 = time.perf_counter()
+    return over
 
+
+def _resumed_config(a: argparse.Namespace, training) -> TrainConfig:
+    """The config saved in --run-dir's state (the run's own wins; threads and device may change)."""
+    import torch
+
+    state = Path(a.run_dir) / training.STATE
+    if not state.is_file():
+        raise UsageError(f"--resume: nothing to resume in {a.run_dir} (no {training.STATE}); "
+                         "leave out --resume to start a fresh run there")
+    try:
+        cfg = training.TrainConfig.from_dict(torch.load(state, map_location="cpu",
+                                                        weights_only=False)["config"])
+    except (OSError, SopiError):
+        raise
+    except Exception as e:  # a truncated or foreign file
+        raise UsageError(f"{state}: not a sopi-train state ({type(e).__name__}: {str(e)[:200]})") from None
+    if cfg.network != a.network:
+        raise UsageError(f"{a.run_dir} is a {cfg.network} run, not {a.network}")
+    ignored = [o for o, v in (("--set", a.set), ("--seed", a.seed),
+                              ("--checkpoint-minutes", a.checkpoint_minutes)) if v]
+    if ignored:
+        print(f"warning: {', '.join(ignored)} ignored with --resume (the run's own config is used)",
+              file=sys.stderr)
+    if a.threads is not None:
+        cfg = dataclasses.replace(cfg, threads=a.threads)
+    if a.device is not None:  # a run may move between machines
+        cfg = dataclasses.replace(cfg, device=a.device)
+    return cfg
+
+
+def _config(a: argparse.Namespace, training) -> TrainConfig:
+    if a.resume:
+        return _resumed_config(a, training)
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    try:
+        return training.preset(a.network, a.config, **_overrides(a, fields))
+    except TypeError as e:
+        raise UsageError(str(e)) from None
+
+
+def _reporter(quiet: bool, t0: float) -> Callable[[str], None]:
     def say(msg: str) -> None:
-        if not a.quiet:
+        if not quiet:
             print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    state = Path(a.run_dir) / STATE
-    if a.resume and state.exists():  # the run's own config wins
-        cfg = TrainConfig.from_dict(torch.load(state, map_location="cpu", weights_only=False)["config"])
-        if a.threads is not None:
-            cfg = dataclasses.replace(cfg, threads=a.threads)
-        if a.device is not None:  # a run may move between machines
-            cfg = dataclasses.replace(cfg, device=a.device)
-    else:
-        try:
-            cfg = preset(a.network, a.config, **over)
-        except (TypeError, ValueError) as e:
-            print(f"sopi-train: {e}", file=sys.stderr)
-            return 2
+    return say
+
+
+def _start(a: argparse.Namespace, training, deadline: float, say: Callable[[str], None]) -> Trainer:
+    """Config, CT and Trainer (whose fresh pool gets POOL_SHARE of the time left)."""
+    cfg = _config(a, training)
+    data = training.load_patient(a.ct, a.mask, a.phantom, cfg)
+    say(f"CT {data.source}: cube {cfg.volume_size}^3 of {data.geometry.voxel_mm:.3f} mm, "
+        f"detector {cfg.det_size}^2 of {data.geometry.pixel_mm:.4f} mm, norm_factor "
+        f"{data.geometry.norm_factor_mm:.2f} mm, mask {data.has_mask}")
+    pool_s = max(0.0, POOL_SHARE * (deadline - time.perf_counter()))
+    return training.Trainer(data, cfg, a.run_dir, resume=a.resume, log=say, pool_seconds=pool_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    a = parser().parse_args(argv)
+    if not require("sopi-train", "PyTorch", ("torch",)):
+        return EXIT_INPUT
+    from models import training
+
+    deadline = t0 + a.minutes * 60
+    say = _reporter(a.quiet, t0)
     try:
-        data = load_patient(a.ct, a.mask, a.phantom, cfg)
-        say(f"CT {data.source}: cube {cfg.volume_size}^3 of {data.geometry.voxel_mm:.3f} mm, "
-            f"detector {cfg.det_size}^2 of {data.geometry.pixel_mm:.4f} mm, norm_factor "
-            f"{data.geometry.norm_factor_mm:.2f} mm, mask {data.has_mask}")
-        tr = Trainer(data, cfg, a.run_dir, resume=a.resume, log=say)
-    except (FileExistsError, ValueError, OSError) as e:
-        print(f"sopi-train: {e}", file=sys.stderr)
-        return 2
-    res = tr.run(a.minutes, a.max_steps, evaluate=not a.no_eval)
-    print(json.dumps({"run_dir": str(tr.dir), **res}))
-    return 0
+        tr = _start(a, training, deadline, say)
+    except (SopiError, OSError, ValueError) as e:
+        return error(e)
+    res = tr.run(a.minutes, a.max_steps, evaluate=not a.no_eval, deadline=deadline)
+    wall = time.perf_counter() - t0
+    say(f"done: {res['steps']} steps (step {res['step']}) on a pool of {res['pool_size']} pairs "
+        f"in {wall:.1f} s")
+    print(json.dumps({"run_dir": str(tr.dir), "wall_s": round(wall, 1), **res}))
+    if res["last_loss"] is not None and not math.isfinite(res["last_loss"]):
+        error(f"training diverged: the last loss is {res['last_loss']}; the checkpoint in "
+              f"{tr.dir} holds these weights")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

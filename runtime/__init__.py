@@ -1,4 +1,11 @@
-"""sopi runtime: volumes, poses, the DRR projector, registration. Never imports torch."""
+"""sopi runtime: frame -> pose. Never imports torch.
+
+Subpackages, in the order of the data flow: `core` (the CT `Volume`, poses, CT loading) ->
+`projector` (DRRs and their exact pose Jacobian, CPU and CUDA) -> `registration` (the
+`Registrar`: init, learned stage, intensity stage, confidence) with `networks` (bundles,
+inference backends, TensorRT engines, the learned stages); around them `latency` (profiling),
+`synthetic` (phantom CT, synthetic frames), `sim` (physics X-ray simulator) and `cli`.
+Errors: `runtime.errors` (all derive from `SopiError`)."""
 
 from calib.geometry import Intrinsics
 from runtime.errors import (
@@ -13,19 +20,17 @@ from runtime.errors import (
     ProjectorError,
     RegistrationError,
     SopiError,
+    SopiRuntimeError,
     VolumeError,
 )
-from runtime.volume import MU_WATER, Volume, hu_to_mu
-from runtime.io import load_ct, load_mask
-from runtime.phantom import make_phantom
-from runtime.pose import exp_se3, invert, left_update, log_se3, validate_pose
+from runtime.core import MU_WATER, Volume, exp_se3, hu_to_mu, invert, left_update, load_ct, load_mask, log_se3, \
+    validate_pose
 from runtime.projector import DeviceArray, Projector, Render
-from runtime.result import Confidence, RegistrationResult
-from runtime.registrar import Registrar
-from runtime.bundle import SCHEMA_VERSION, Bundle, load_bundle
-from runtime.backends import open_network
-from runtime.engines import build_engines
-from runtime.sopi_params import SopiGeometry, T_to_sopi, sopi_to_T
+from runtime.registration import (ConfidenceModel, Confidence, Registrar, RegistrarOptions, RegistrationResult,
+                                  SimilarityKind, Status)
+from runtime.networks import (SCHEMA_VERSION, Bundle, LearnedOptions, SopiGeometry, T_to_sopi, build_engines,
+                              load_bundle, open_network, sopi_to_T)
+from runtime.synthetic import make_phantom
 
 __all__ = [
     "Intrinsics",
@@ -44,6 +49,11 @@ __all__ = [
     "Render",
     "DeviceArray",
     "Registrar",
+    "RegistrarOptions",
+    "LearnedOptions",
+    "ConfidenceModel",
+    "SimilarityKind",
+    "Status",
     "RegistrationResult",
     "Confidence",
     "Bundle",
@@ -55,6 +65,7 @@ __all__ = [
     "sopi_to_T",
     "T_to_sopi",
     "SopiError",
+    "SopiRuntimeError",
     "VolumeError",
     "CTLoadError",
     "PoseError",

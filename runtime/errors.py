@@ -1,4 +1,22 @@
-"""Exception types of `runtime`. All derive from `calib.errors.SopiError`."""
+"""Exception types of `runtime`: `SopiRuntimeError` and below it, all under `SopiError`.
+
+The whole tree (`SopiError` is defined once, in `calib.errors`, the bottom layer):
+
+    SopiError
+    +-- calib.CalibError            IntrinsicsError, DicomReadError, DicomGeometryError,
+    |                               DicomIntensityError, CalibrationError
+    +-- runtime.SopiRuntimeError    VolumeError > CTLoadError, PoseError, ProjectorError,
+    |                               RegistrationError > FrameMismatchError,
+    |                               BundleError > BundleHashError, BundleSchemaError,
+    |                               BackendUnavailableError, EngineBuildError,
+    |                               runtime.sim.SimulatorError
+    +-- models.ModelsError          CheckpointError
+
+Built-in mixins, one rule: an error about the *input* (a file's contents, a tag, a manifest, a
+frame, a pose, an argument's value) is also a `ValueError`; an error saying *this machine cannot
+do it* (no GPU, no TensorRT, an engine build failed) is also a `RuntimeError`. The package bases
+and `SimulatorError` (missing extra or invalid configuration) are neither.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +24,7 @@ from calib.errors import SopiError
 
 __all__ = [
     "SopiError",
+    "SopiRuntimeError",
     "VolumeError",
     "CTLoadError",
     "PoseError",
@@ -20,7 +39,11 @@ __all__ = [
 ]
 
 
-class VolumeError(SopiError, ValueError):
+class SopiRuntimeError(SopiError):
+    """Base class of the errors raised by `runtime`."""
+
+
+class VolumeError(SopiRuntimeError, ValueError):
     """Invalid volume data or affine (shape, dtype, NaN, singular affine, mask grid)."""
 
 
@@ -28,27 +51,27 @@ class CTLoadError(VolumeError):
     """A CT could not be loaded from a path; the message names the file and the problem."""
 
 
-class PoseError(SopiError, ValueError):
+class PoseError(SopiRuntimeError, ValueError):
     """A pose is not a finite rigid 4x4 transform."""
 
 
-class ProjectorError(SopiError):
+class ProjectorError(SopiRuntimeError, ValueError):
     """The projector was given inputs it cannot render (detector level, ROI, ...)."""
 
 
-class BackendUnavailableError(SopiError, RuntimeError):
+class BackendUnavailableError(SopiRuntimeError, RuntimeError):
     """A requested compute backend (cuda, TensorRT, ...) is not available on this machine."""
 
 
-class RegistrationError(SopiError):
+class RegistrationError(SopiRuntimeError, ValueError):
     """Registration inputs are invalid (NaN frame, volume outside the view, ...)."""
 
 
-class FrameMismatchError(RegistrationError, ValueError):
+class FrameMismatchError(RegistrationError):
     """The frame's size or intrinsics do not match the registrar's."""
 
 
-class BundleError(SopiError):
+class BundleError(SopiRuntimeError, ValueError):
     """A deployment bundle is missing, malformed or unusable."""
 
 
@@ -60,5 +83,5 @@ class BundleSchemaError(BundleError):
     """The manifest's schema is unknown (e.g. written by a newer sopi)."""
 
 
-class EngineBuildError(SopiError):
+class EngineBuildError(SopiRuntimeError, RuntimeError):
     """TensorRT engine building failed or is not possible here."""

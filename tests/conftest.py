@@ -7,9 +7,9 @@ import pytest
 
 def _gpu_reason() -> str | None:
     try:
-        from runtime.cuda_projector import cuda_available
+        from runtime.projector.cuda import cuda_available
     except Exception as exc:  # pragma: no cover - import problems are reported by other tests
-        return f"runtime.cuda_projector not importable: {exc}"
+        return f"runtime.projector.cuda not importable: {exc}"
     ok, reason = cuda_available()
     return None if ok else reason
 

@@ -1,16 +1,12 @@
-"""Statistics of tools/bench_registration.py's pipeline comparison (exact references)."""
+"""Statistics of the registration benchmark's pipeline comparison (`tools.stats`; exact references)."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from bench_registration import mcnemar_p, paired_comparisons, wilson_interval  # noqa: E402
+from tools.stats import mcnemar_p, paired_comparisons, roc_auc, wilson_interval
 
 
 def test_mcnemar_exact_binomial():
@@ -38,3 +34,11 @@ def test_paired_comparisons_count_discordant_cases():
     assert (ir["success_a"], ir["success_b"], ir["gains"], ir["losses"]) == (3, 5, 3, 1)
     rl = e[("rtpi+intensity", "rtpi+learned+intensity")]
     assert (rl["gains"], rl["losses"], rl["n"]) == (1, 0, 6)
+
+
+def test_roc_auc_counts_ties_half():
+    import numpy as np
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    pos = np.array([True, True, False, False])
+    assert roc_auc(scores, pos) == pytest.approx((2 + 1 + 0.5) / 4)
+    assert math.isnan(roc_auc(scores, np.ones(4, bool)))

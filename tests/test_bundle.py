@@ -1,4 +1,4 @@
-"""runtime.bundle / backends / engines and the CLIs: loading, hash checks, typed errors."""
+"""runtime.networks.bundle / backends / engines and the CLIs: loading, hash checks, typed errors."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime.backends import open_network
-from runtime.bundle import load_bundle
-from runtime.engines import build_engines, main as build_engines_main
+from runtime.networks.backends import open_network
+from runtime.networks.bundle import load_bundle
+from runtime.cli.build_engines import main as build_engines_main
+from runtime.networks.engines import build_engines
 from runtime.errors import (BackendUnavailableError, BundleError, BundleHashError,
                             BundleSchemaError, EngineBuildError)
 
@@ -101,7 +102,7 @@ def test_tensorrt_unavailable_is_typed(small_bundle, copy):
         open_network(b, "encoder", backend="tensorrt")
     with pytest.raises(EngineBuildError, match="sopi-build-engines"):
         build_engines(copy)
-    assert build_engines_main([str(copy)]) == 3
+    assert build_engines_main([str(copy)]) == 1
 
 
 def test_export_cli_bad_input(tmp_path, capsys):
@@ -120,6 +121,6 @@ def test_runtime_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import runtime.bundle, runtime.backends, runtime.engines, runtime.sopi_params;"
-            "import runtime.backends.tensorrt; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys; import runtime.networks.bundle, runtime.networks.backends, runtime.networks.engines, runtime.networks.sopi_params;"
+            "import runtime.networks.backends.tensorrt; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,8 @@ import pytest
 
 import calib
 from calib import Calibration, CalibrationError, Intrinsics, Phantom, calibrate_phantom, load_calibration
-from calib.calibration import decompose_projection, detect_beads, dlt, match_points
+from calib.beads import detect_beads, match_points
+from calib.phantom import decompose_projection, dlt
 from calib.distortion import fit_distortion, fit_distortion_from_grid
 from calib.dicom import read_fluoro
 from calib.writer import write_xa

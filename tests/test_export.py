@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 from export import ExportOptions, export_bundle  # noqa: E402
 from models import load_checkpoint  # noqa: E402
 from models.synth import synth_upstream_checkpoint  # noqa: E402
-from runtime.bundle import load_bundle  # noqa: E402
+from runtime.networks.bundle import load_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")

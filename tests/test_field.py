@@ -29,9 +29,9 @@ SHUTTERS = (20, 30, 10, 0)                           # blocked columns left / ri
 @pytest.fixture(scope="module")
 def renders() -> tuple[np.ndarray, np.ndarray]:
     """(PA view, PA view with the patient 75 mm to the side and farther from the source: air on one side)."""
-    from runtime.phantom import make_phantom
-    from runtime.projector import Projector
-    from runtime.synthetic import pa_pose
+    from runtime.synthetic.phantom import make_phantom
+    from runtime.projector.projector import Projector
+    from runtime.synthetic.frames import pa_pose
 
     vol = make_phantom()
     proj = Projector(vol, K, backend="cpu", mask=False)
@@ -142,7 +142,7 @@ def test_collimated_variants(drr, name, auto):
 
 def test_blanked_outside_synthesize_frame(drr):
     """runtime.synthetic.synthesize_frame: log domain, exactly 0 outside its circular collimator."""
-    from runtime.synthetic import synthesize_frame
+    from runtime.synthetic.frames import synthesize_frame
 
     f = synthesize_frame(None, K, np.eye(4), rng=np.random.default_rng(1), line_integrals=drr)
     assert (f.image[~f.valid] == 0).all()

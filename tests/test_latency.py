@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from runtime.cli.latency import main
 from runtime.latency import (
     COMPONENTS,
     SCHEMA,
@@ -21,12 +22,11 @@ from runtime.latency import (
     LatencyConfig,
     analyse_frames,
     check_timings,
-    format_table,
-    main,
     run_latency,
     summarize,
     validate_report_dict,
 )
+from runtime.latency.report import format_table
 
 _ORDER = ("min", "p50", "p95", "p99", "max")
 
@@ -111,9 +111,9 @@ def test_profiling_off_records_no_iterations(report):
 
 
 def test_profile_false_registrar_has_empty_iterations():
-    from runtime.latency import detector, synthetic_samples
-    from runtime.phantom import make_phantom
-    from runtime.registrar import Registrar
+    from runtime.latency.measure import detector, synthetic_samples
+    from runtime.synthetic.phantom import make_phantom
+    from runtime.registration.registrar import Registrar
     vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
     intr = detector(64)
     (s,) = synthetic_samples(vol, intr, 1, seed=3)
@@ -241,7 +241,7 @@ def test_cli_rejects_bad_arguments(capsys):
 def test_runtime_import_stays_light():
     import subprocess
     import sys
-    code = ("import sys, runtime.latency; "
+    code = ("import sys, runtime.latency.measure; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Learned stages (runtime/learned.py): RTPI network init, the learned-feature stage's Jacobian vs
+"""Learned stages (runtime/networks/learned.py): RTPI network init, the learned-feature stage's Jacobian vs
 torch autograd, a three-stage registration with timings and deadline, typed errors.
 
 One bundle per session: RTPInet_v1 at the real 128^3 + 256^2 sizes (one ORT forward and one torch
@@ -16,12 +16,12 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
 
 from calib.geometry import Intrinsics  # noqa: E402
-from runtime.bundle import load_bundle  # noqa: E402
+from runtime.networks.bundle import load_bundle  # noqa: E402
 from runtime.errors import RegistrationError  # noqa: E402
-from runtime.phantom import make_phantom  # noqa: E402
-from runtime.registrar import Registrar  # noqa: E402
-from runtime.sopi_params import sopi_to_T  # noqa: E402
-from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_frame  # noqa: E402
+from runtime.synthetic.phantom import make_phantom  # noqa: E402
+from runtime.registration.registrar import Registrar  # noqa: E402
+from runtime.networks.sopi_params import sopi_to_T  # noqa: E402
+from runtime.synthetic.frames import perturb_pose, random_near_ap_pose, synthesize_frame  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +109,7 @@ def test_three_stage_registration_network_init(bundle_dir, setup):
 
     vol, intr, reg, Tt, frame = setup
     res = reg.register(frame, init="network")
-    info = reg._init_info
+    info = res.network_init
     st = res.timings["stages"]
     assert {"init", "learned", "intensity"} <= set(st) and all(st[k] > 0 for k in ("init", "learned", "intensity"))
     assert res.timings["total_ms"] >= st["init"] + st["learned"] + st["intensity"]
@@ -186,6 +186,6 @@ def test_handover_guard_lets_the_pre_learned_pose_compete(setup):
     learned = [h["pose"] for h in res.history if h["stage"] == "learned" and h["accepted"]]
     inten = [h for h in res.history if h["stage"] == "intensity"]
     coarsest = max(h["level"] for h in inten)
-    assert learned and reg._anatomy_distance(learned[-1], T0, 100.0) > 1.0  # random encoders move it
+    assert learned and reg.anatomy_distance(learned[-1], T0, 100.0) > 1.0  # random encoders move it
     assert any(np.abs(h["pose"] - T0).max() < 1e-9 for h in inten if h["level"] == coarsest)
     assert np.all(np.isfinite(res.pose))

@@ -3,10 +3,10 @@
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.outliers import outlier_mask
-from runtime.phantom import make_phantom
-from runtime.projector import Projector
-from runtime.synthetic import pa_pose
+from runtime.registration.outliers import outlier_mask
+from runtime.synthetic.phantom import make_phantom
+from runtime.projector.projector import Projector
+from runtime.synthetic.frames import pa_pose
 
 
 def _drr():

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from calib import Intrinsics
 from runtime.errors import PoseError
-from runtime.metrics import mean_tre_mm, reprojection_distance_mm, rotation_error_deg, translation_error_mm
-from runtime.pose import (
+from runtime.registration.metrics import mean_tre_mm, reprojection_distance_mm, rotation_error_deg, translation_error_mm
+from runtime.core.pose import (
     compose, euler_to_matrix, exp_se3, exp_so3, geodesic_distance, invert, left_update, log_se3,
     log_so3, matrix_to_euler, make_pose, validate_pose,
 )

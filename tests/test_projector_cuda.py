@@ -15,17 +15,18 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from calib.geometry import Intrinsics
-from runtime import cuda_projector
-from runtime.cpu_projector import render_cpu
+from runtime.projector import cuda as cuda_projector
+from runtime.projector.cpu import render_cpu
 from runtime.errors import BackendUnavailableError
-from runtime.pose import euler_to_matrix, make_pose
-from runtime.projector import Projector, pose_params
-from tests.test_projector import blob_volume, rel
+from runtime.core.pose import euler_to_matrix, make_pose
+from runtime.projector.projector import Projector, pose_params
+from synthetic_volumes import blob_volume, rel
 
 POSE = make_pose(euler_to_matrix([95, 12, -30]), [4.0, -3.0, 700.0])
 
@@ -346,23 +347,23 @@ def test_auto_falls_back_to_cpu_with_logged_reason(monkeypatch, caplog):
     if ok:
         pytest.skip("a GPU is available here")
     monkeypatch.setattr(cuda_projector, "_AVAILABLE", None)
-    with caplog.at_level(logging.INFO, logger="runtime.cuda_projector"):
+    with caplog.at_level(logging.INFO, logger="runtime.projector.cuda"):
         v = blob_volume(n=8)
         intr = Intrinsics.centred(1000.0, 1.0, 8)
         assert Projector(v, intr, backend="auto").backend == "cpu"
         with pytest.raises(BackendUnavailableError, match="unavailable") as ei:
             Projector(v, intr, backend="cuda")
     assert reason in str(ei.value)
-    msgs = [r.getMessage() for r in caplog.records if r.name == "runtime.cuda_projector"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "runtime.projector.cuda"]
     assert len(msgs) == 1 and reason in msgs[0]
 
 
 def test_importing_runtime_does_not_probe_cuda():
-    code = ("import sys, runtime, runtime.cuda_projector as c; "
+    code = ("import sys, runtime, runtime.projector.cuda as c; "
             "assert c._AVAILABLE is None; "
             "assert not any(m.startswith('cuda') for m in sys.modules), "
             "[m for m in sys.modules if m.startswith('cuda')]")
-    root = cuda_projector.KERNEL_SOURCE_PATH.parents[2]
+    root = Path(__file__).resolve().parents[1]  # the repository root, not a package directory
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert res.returncode == 0, res.stderr
 

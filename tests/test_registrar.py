@@ -7,11 +7,12 @@ import pytest
 
 from calib.geometry import Intrinsics
 from runtime.errors import FrameMismatchError, PoseError, RegistrationError
-from runtime.metrics import reprojection_distance_mm
-from runtime.phantom import make_phantom
-from runtime.registrar import Registrar, auto_levels, bin_image
-from runtime.result import STATUSES
-from runtime.synthetic import pa_pose, perturb_pose, synthesize_frame
+from runtime.registration.metrics import reprojection_distance_mm
+from runtime.synthetic.phantom import make_phantom
+from runtime.registration.pyramid import auto_levels, bin_image
+from runtime.registration.registrar import Registrar
+from runtime.registration.result import STATUSES
+from runtime.synthetic.frames import pa_pose, perturb_pose, synthesize_frame
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ pytest.importorskip("xraydb")
 
 from calib.dicom import read_fluoro  # noqa: E402
 from calib.geometry import Intrinsics  # noqa: E402
-from runtime.phantom import make_phantom  # noqa: E402
+from runtime.synthetic.phantom import make_phantom  # noqa: E402
 from runtime.sim import (DisplayParams, SimConfig, SimulatorError, Spectrum, XraySimulator,  # noqa: E402
                          decompose_hu, gas_pocket, hu_bone, kwire, mass_attenuation, random_clutter,
                          to_display, tube_spectrum)
@@ -23,8 +23,8 @@ from runtime.sim.detector import add_noise, scatter_field  # noqa: E402
 from runtime.sim.errors import require  # noqa: E402
 from runtime.sim.primitives import Box, Cylinder, Ellipsoid, chord, orthonormal_frame  # noqa: E402
 from runtime.sim.transmission import transmission  # noqa: E402
-from runtime.synthetic import pa_pose, synthesize_frame  # noqa: E402
-from runtime.volume import Volume  # noqa: E402
+from runtime.synthetic.frames import pa_pose, synthesize_frame  # noqa: E402
+from runtime.core.volume import Volume  # noqa: E402
 
 INTR = Intrinsics.perlove_plx118f(16)  # 64 x 64 at 3.19 mm
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import RegistrationError
-from runtime.similarity import prepare_similarity
+from runtime.registration.similarity import prepare_similarity
 
 
 def _smooth_field(rng, H=40, W=48):

@@ -11,11 +11,12 @@ from calib.geometry import Intrinsics  # noqa: E402
 from models.simulate import (MovingRenderer, TargetRenderer, anatomy_centre,  # noqa: E402
                              descent_step, network_camera)
 from models.train import PatientData, Trainer, preset  # noqa: E402
-from runtime.learned import frame_to_network, min_max, param_update  # noqa: E402
-from runtime.phantom import make_phantom  # noqa: E402
-from runtime.pose import exp_se3  # noqa: E402
-from runtime.projector import Projector  # noqa: E402
-from runtime.sopi_params import sopi_to_T  # noqa: E402
+from runtime.networks.preprocess import frame_to_network, min_max  # noqa: E402
+from runtime.registration.centred import param_update  # noqa: E402
+from runtime.synthetic.phantom import make_phantom  # noqa: E402
+from runtime.core.pose import exp_se3  # noqa: E402
+from runtime.projector.projector import Projector  # noqa: E402
+from runtime.networks.sopi_params import sopi_to_T  # noqa: E402
 
 POSE = np.array([94.0, 5.0, -7.0, 690.0, 9.0, -6.0])
 
@@ -39,7 +40,7 @@ def test_network_camera_matches_the_bundle_declaration(data):
 
 
 def test_target_equals_the_runtime_frame_path(data, phantom):
-    """A fine frame resampled into the network camera by runtime.learned (as the RTPI is fed)
+    """A fine frame resampled into the network camera by runtime.networks.learned (as the RTPI is fed)
     equals the supersampled target within 2 % (measured 0.8 %)."""
     g = data.geometry
     r = TargetRenderer(phantom, g, data.cube_affine, supersample=4)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from runtime.solver import LMOptions, StepRejected, levenberg_marquardt
+from runtime.registration.solver import LMOptions, StepRejected, levenberg_marquardt
 
 
 def _expfit():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import PoseError
-from runtime.sopi_params import (SopiGeometry, T_to_sopi, network_image, pose_to_rtvec,
+from runtime.networks.sopi_params import (SopiGeometry, T_to_sopi, network_image, pose_to_rtvec,
                                  rtvec_to_pose, sopi_to_T)
 
 GEOM = SopiGeometry.from_upstream(flag=4, volume_size=128, vol_spacing_mm=3.117188)
@@ -127,8 +127,8 @@ def test_upstream_render_matches_pinhole_projection():
 
 def test_conversion_proved_by_rendering_with_our_projector():
     try:
-        from runtime.projector import Projector
-        from runtime.volume import Volume
+        from runtime.projector.projector import Projector
+        from runtime.core.volume import Volume
     except ImportError as e:  # pragma: no cover
         pytest.skip(f"runtime.Projector not importable yet: {e}")
     vol = _phantom()

@@ -16,8 +16,8 @@ from models.projector import (cube_dist_range, gradient_channels, linearised,  #
 from models.rtpi_ps import PatientRTPINet  # noqa: E402
 from models.train import (PatientData, Trainer, encoder_gradient_loss, geodesic_gradient,  # noqa: E402
                           main, preset, render_moving, render_target)
-from runtime.phantom import make_phantom  # noqa: E402
-from runtime.sopi_params import SopiGeometry, network_image, sopi_to_T  # noqa: E402
+from runtime.synthetic.phantom import make_phantom  # noqa: E402
+from runtime.networks.sopi_params import SopiGeometry, network_image, sopi_to_T  # noqa: E402
 
 POSES = torch.tensor([[96.0, 6.0, -9.0, 690.0, 12.0, -8.0], [84.0, -4.0, 5.0, 720.0, -10.0, 9.0]],
                      dtype=torch.float64)
@@ -83,8 +83,8 @@ def test_jacobian_renderer_matches_autograd():
 
 def test_torch_projector_agrees_with_runtime_projector_in_training_geometry(phantom):
     """The renderer training uses vs runtime.Projector on the same cube, pose -> T by sopi_to_T."""
-    from runtime.projector import Projector
-    from runtime.volume import Volume
+    from runtime.projector.projector import Projector
+    from runtime.core.volume import Volume
 
     cfg = preset("rtpi", "tiny")
     data = PatientData.from_volume(phantom, cfg, "phantom")
@@ -136,7 +136,7 @@ def test_collimation_matches_the_runtime_fill():
     """Outside the field of view 0, inside min-max over the inside only: what
     runtime.learned.network_image gives for pixels outside a frame's valid mask."""
     from models.augment import collimation_mask
-    from runtime.learned import min_max
+    from runtime.networks.preprocess import min_max
 
     img = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 5 + 2
     cfg = AugmentConfig.off()
@@ -240,7 +240,7 @@ def test_resume_continues_with_identical_state(phantom, tmp_path, network):
 def test_cli_run_resume_and_export(tmp_path):
     """sopi-train (tiny) -> resume -> rtpi.pt loads as RTPInet_ps -> sopi-export bundle with parity."""
     from export.cli import main as export_main
-    from runtime.bundle import load_bundle
+    from runtime.networks.bundle import load_bundle
 
     run = tmp_path / "run"
     args = ["--phantom", "--network", "rtpi", "--config", "tiny", "--minutes", "5",

@@ -7,8 +7,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from runtime import CTLoadError, Volume, VolumeError, load_ct, make_phantom
-from runtime.pose import euler_to_matrix
-from runtime.volume import MU_WATER, hu_to_mu
+from runtime.core.pose import euler_to_matrix
+from runtime.core.volume import MU_WATER, hu_to_mu
 
 
 def _write_series(folder, hu, affine, series_uid=None, tilt=None, shuffle=True, slope=2.0, intercept=-1024.0,
@@ -186,7 +186,7 @@ def test_crop_and_resample_keep_geometry():
     assert np.allclose(r.spacing, r.spacing[0])
     assert np.allclose(r.centre, v.centre, atol=1e-9)
     # resampled values agree with trilinear sampling of the source at the same world point
-    from runtime.volume import _trilinear_zero
+    from runtime.core.volume import _trilinear_zero
     w = r.index_to_world([[10, 12, 14], [20, 5, 17]])
     expect = _trilinear_zero(v.data, v.world_to_index(w))
     assert np.allclose(r.data[[14, 17], [12, 5], [10, 20]], expect, atol=1e-6)
@@ -207,9 +207,9 @@ def test_phantom_is_deterministic_and_spine_like():
 
 
 def test_binned_preserves_line_integrals_and_centres():
-    from runtime.phantom import make_phantom
-    from runtime.projector import Projector
-    from runtime.synthetic import pa_pose
+    from runtime.synthetic.phantom import make_phantom
+    from runtime.projector.projector import Projector
+    from runtime.synthetic.frames import pa_pose
     from calib.geometry import Intrinsics
 
     vol = make_phantom(shape=(64, 64, 48), spacing=(1.5, 1.5, 2.5))

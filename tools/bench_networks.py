@@ -1,5 +1,8 @@
 """ORT CPU latency of each SOPI network at batch 1 (median, p95): exports synthetic upstream
-checkpoints to a bundle and times the runtime backend. Usage: python tools/bench_networks.py [--threads N]"""
+checkpoints to a bundle and times the runtime backend (needs the ``export`` extra: torch, onnx).
+
+    python -m tools.bench_networks [--threads N] [--n N]      # repository root, project venv
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import sys
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def bench(backend, feeds, n: int, warmup: int = 2) -> tuple[float, float]:
@@ -27,7 +26,8 @@ def bench(backend, feeds, n: int, warmup: int = 2) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_networks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=20, help="timed runs per network (RTPI: n/4)")
     a = ap.parse_args()
@@ -36,7 +36,7 @@ def main() -> None:
 
     from export import ExportOptions, export_bundle
     from models.synth import synth_upstream_checkpoint
-    from runtime.bundle import load_bundle
+    from runtime.networks.bundle import load_bundle
 
     torch.set_num_threads(a.threads)
     d = Path(tempfile.mkdtemp())

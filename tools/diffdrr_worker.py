@@ -1,6 +1,12 @@
 """DiffDRR worker for the registration benchmark (runs in the DiffDRR venv; never imports sopi).
 
-    V/bin/python tools/diffdrr_worker.py      # V: a venv with diffdrr==0.6.1; driven by tools/bench_registration.py
+    V/bin/python -I tools/diffdrr_worker.py   # V: the venv of `python -m tools.diffdrr_env`
+
+A standalone script, run by path with the DiffDRR venv's python, not as ``-m tools.diffdrr_worker``:
+that venv has neither sopi nor this checkout on its path, and the worker imports only numpy, torch,
+torchio and diffdrr, so it needs no sys.path edit. `tools.bench_registration.DiffDRRWorker` starts it
+with ``-I`` (isolated: no script folder, no $PYTHONPATH on sys.path, so no file of tools/ can
+shadow a package that torch or diffdrr imports) and drives it over stdin / stdout.
 
 Protocol: one JSON request per stdin line, one JSON reply per stdout line; arrays travel as .npy
 files named in the request. Requests:
@@ -34,8 +40,12 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
+if __name__ == "__main__" and any(a in ("-h", "--help") for a in sys.argv[1:]):  # before torch: works anywhere
+    print(__doc__)
+    raise SystemExit(0)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 

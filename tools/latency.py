@@ -1,16 +1,10 @@
-#!/usr/bin/env python
-"""Latency profile of registration from a checkout: ``python tools/latency.py --help``.
+"""Latency profile of registration from a checkout: ``python -m tools.latency --help`` (repository root).
 
-A thin wrapper around `runtime.latency` (installed as ``sopi-latency``); everything it does can be
+A thin wrapper around `runtime.latency.measure` (installed as ``sopi-latency``); everything it does can be
 done from Python with ``runtime.latency.run_latency``.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from runtime.latency import main  # noqa: E402
+from runtime.cli.latency import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

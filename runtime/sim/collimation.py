@@ -14,7 +14,7 @@ import numpy as np
 
 from calib.geometry import Intrinsics
 from runtime.sim.errors import SimulatorError
-from runtime.synthetic import circular_collimator
+from runtime.synthetic.frames import circular_collimator
 
 __all__ = ["Collimation", "field_mask"]
 

@@ -74,19 +74,19 @@ class SimConfig:
     metal: str = "titanium"
     # material of CT voxels above 3000 HU
 
-    def replace(self, **changes) -> "SimConfig":
+    def replace(self, **changes) -> SimConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
     # ----------------------------------------------------------------------------- presets
     @classmethod
-    def clean(cls, **kw) -> "SimConfig":
+    def clean(cls, **kw) -> SimConfig:
         """Polychromatic transmission only (80 kVp spectrum, beam hardening): no scatter, heel,
         blur or noise; log domain."""
         return cls(**kw)
 
     @classmethod
-    def physics(cls, grid: bool = True, **kw) -> "SimConfig":
+    def physics(cls, grid: bool = True, **kw) -> SimConfig:
         """80 kVp + scatter (SPR 0.3 with grid, 1.5 without) + heel (+-8 %) + blur + noise at AEC 1000
         photons per pixel behind the anatomy; log domain."""
         base = dict(grid=grid, spr=GRID_SPR if grid else NO_GRID_SPR, scatter_sigma_mm=40.0, heel=0.08,
@@ -95,14 +95,14 @@ class SimConfig:
         return cls(**base)
 
     @classmethod
-    def display(cls, grid: bool = True, **kw) -> "SimConfig":
+    def display(cls, grid: bool = True, **kw) -> SimConfig:
         """`physics` + the display chain (domain "display")."""
         base = dict(domain="display")
         base.update(kw)
         return cls.physics(grid=grid, **base)
 
     @classmethod
-    def randomize(cls, rng: np.random.Generator, domain: str | None = None, **kw) -> "SimConfig":
+    def randomize(cls, rng: np.random.Generator, domain: str | None = None, **kw) -> SimConfig:
         """A physically plausible random configuration (benchmark diversity): kVp 60-110, Al 2.5-5 mm,
         Cu 0/0.1/0.2 mm, grid or not (SPR 0.15-0.5 / 0.8-2.0), scatter sigma 20-60 mm, heel 0-10 % on
         a random axis, blur 0-1.2 px, AEC log-uniform 300-3000 photons per pixel behind the anatomy,

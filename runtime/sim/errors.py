@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from runtime.errors import SopiError
+from runtime.errors import SopiRuntimeError
 
 __all__ = ["SimulatorError", "require"]
 
 _HINT = "install the simulator extra: pip install 'sopi[sim]'"
 
 
-class SimulatorError(SopiError):
+class SimulatorError(SopiRuntimeError):
     """The X-ray simulator cannot run (missing spekpy/xraydb, invalid configuration or object)."""
 
 

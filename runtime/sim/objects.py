@@ -15,7 +15,7 @@ import numpy as np
 from runtime.sim.errors import SimulatorError
 from runtime.sim.materials import MATERIALS
 from runtime.sim.primitives import Box, Cylinder, Ellipsoid, chord
-from runtime.volume import Volume
+from runtime.core.volume import Volume
 
 __all__ = ["Part", "SceneObject", "kwire", "pedicle_screw", "retractor_blade", "gas_pocket", "ecg_lead",
            "table_edge", "render_objects", "random_clutter", "CLUTTER_KINDS"]

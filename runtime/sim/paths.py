@@ -3,7 +3,7 @@
 
 Each material volume is cropped to the box of its non-zero voxels (bone and metal are sparse:
 less memory, shorter rays). Each projector sums density (g/cm^3) x step (mm); divided by 10 that is the areal density
-(g/cm^2) the ray crosses. Rendering is supersampled like `runtime.synthetic` (detector
+(g/cm^2) the ray crosses. Rendering is supersampled like `runtime.synthetic.frames` (detector
 ``supersample`` x finer, step ``step_factor`` x the smallest voxel spacing), so the simulated frame's
 discretisation differs from the registrar's DRR. Binning back happens after the (non-linear)
 transmission, in the simulator.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.projector import Projector
+from runtime.projector.projector import Projector
 from runtime.sim.materials import decompose_hu
-from runtime.volume import MU_WATER, Volume, mu_to_hu
+from runtime.core.volume import MU_WATER, Volume, mu_to_hu
 
 __all__ = ["MaterialPaths", "bin_mean"]
 

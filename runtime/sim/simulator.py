@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.pose import validate_pose
+from runtime.core.pose import validate_pose
 from runtime.sim import detector as det
 from runtime.sim.collimation import field_mask
 from runtime.sim.config import NOMINAL_DOSE, SimConfig
@@ -33,7 +33,7 @@ from runtime.sim.objects import render_objects
 from runtime.sim.paths import MaterialPaths, bin_mean
 from runtime.sim.spectrum import Spectrum, tube_spectrum
 from runtime.sim.transmission import mono_line_integral, transmission
-from runtime.volume import MU_WATER, Volume
+from runtime.core.volume import MU_WATER, Volume
 
 __all__ = ["XraySimulator", "SimulatedFrame"]
 
@@ -89,7 +89,7 @@ class XraySimulator:
         # volume: the CT (linear attenuation, 1/mm; HU recovered with mu_water)
         # intrinsics: output detector
         # config: default settings (simulate can override); SimConfig.clean() if None
-        # mu_water: mu of water the CT was converted with (runtime.volume.MU_WATER)
+        # mu_water: mu of water the CT was converted with (runtime.core.volume.MU_WATER)
         # backend: Projector backend for the material renders
         self.config = config or SimConfig.clean()
         self.intrinsics = intrinsics

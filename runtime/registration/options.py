@@ -1,0 +1,116 @@
+"""`RegistrarOptions`: the tuning knobs of the intensity stage (defaults: the benchmarked
+configuration, docs/benchmarks_registration.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from runtime.errors import RegistrationError
+from runtime.registration.confidence import ConfidenceModel
+from runtime.registration.pyramid import per_level
+from runtime.registration.similarity import SIMILARITIES, SimilarityKind
+
+__all__ = ["RegistrarOptions", "with_overrides"]
+
+
+@dataclass
+class RegistrarOptions:
+    """Tuning knobs of the intensity stage (defaults: the benchmarked configuration).
+
+    Per-level options take one value or a tuple, coarse to fine; the last entry repeats.
+
+    Attributes:
+        similarity: "lgc" | "lncc" | "gc" | "ncc" | "ncc+gc" (see
+            runtime.registration.similarity), or one per level (coarse to fine; the last entry
+            repeats). "lgc" (gradient correlation per tile) is the one that holds on real X-ray
+            physics, clutter and display-processed frames (docs/benchmarks_registration.md);
+            "ncc" is the best only when the frame is a linear function of our own DRR
+        tile_px: tile size (pixels of the level) of the local similarities "lncc" / "lgc", per
+            level
+        polarity: "auto": decided once per frame from the initial DRR; +1 / -1 to force
+        level_widths: target detector widths of the pyramid (coarse to fine), realised as power-
+            of-2 binnings of the frame; the finest is capped at the frame's width
+        max_iterations: evaluations per level and start (the last entry repeats for extra
+            levels)
+        max_step_mm: trust-region cap of one step per level (mm; rotations as rho * angle)
+        xtol_px: converged when a step moves the anatomy (RMS over the mask points, predicted)
+            by less than this many pixels of the level (or one per level)
+        rtol: ... or when the cost fell by less than rtol * cost over the last two accepted
+            steps (per level)
+        rho_mm: lever arm (mm) that turns rotation angles into mm
+        use_mask: restrict to the projected spine mask (dilated); None = when a mask is
+            available; or one per level (the start pose of a coarse level may be far off: the
+            whole view is safer there)
+        mask_dilate_frac: dilation of the projected mask as a fraction of the level width
+        sigma_px: Gaussian pre-smoothing (pixels of the level) of image and DRR (NCC) or of the
+            gradient similarities, per level: on the fine levels it damps the DRR's sampling
+            ripple in the depth derivative, which otherwise inflates J^T J along depth and makes
+            LM crawl there
+        min_pixels: fewer usable pixels than this at a level is an error (or a fallback to the
+            valid region)
+        max_correction_mm: a pose farther than this (rho-geodesic) from the start is a
+            divergence
+        search_level: pyramid level (index, coarse = 0) of the coarse global search before LM;
+            None = no search
+        search_range_mm: the search tries in-plane translations of the anatomy (camera x, y) up
+            to +- this ...
+        search_step_mm: ... in steps of this
+        search_rot_deg: in-plane rotations (about the beam axis through the anatomy centre)
+            tried with each translation
+        starts_per_level: LM starts per level (the last entry repeats): at the search level the
+            start pose and the best grid minima, at later levels the best distinct results of
+            the previous level
+        confidence: thresholds of res.confidence; None = the calibrated default of the finest
+            level's similarity (ConfidenceModel.for_similarity)
+        reject_outliers: per level: drop the pixels that a per-tile affine map of the DRR at the
+            level's start pose cannot explain (instruments, gas; runtime.registration.outliers)
+            from that level's pixel set (a level left with too few pixels keeps them)
+        outlier_k: ... beyond this many robust standard deviations of the fit residual
+        voxels_per_pixel: working resolution: each level renders a block-averaged copy of the CT
+            whose voxels are about this many times the level's pixel footprint at the anatomy
+            (power-of-2 factors per axis, never finer than the CT); None = the CT as given at
+            every level
+        nominal_magnification: detector / anatomy magnification assumed for that footprint
+            (mobile C-arms: 1.3-1.6)
+    """
+
+    similarity: SimilarityKind | tuple[SimilarityKind, ...] = "lgc"
+    tile_px: int | tuple[int, ...] = (16, 16, 32)
+    polarity: str | float = "auto"
+    level_widths: tuple[int, ...] = (32, 64, 128)
+    max_iterations: tuple[int, ...] = (20, 10, 5)
+    max_step_mm: tuple[float, ...] = (20.0, 10.0, 5.0)
+    xtol_px: float | tuple[float, ...] = (0.02, 0.005, 0.02)
+    rtol: float | tuple[float, ...] = (0.0, 0.0, 1e-3)
+    rho_mm: float = 100.0
+    use_mask: bool | None | tuple = (False, False, None)
+    mask_dilate_frac: float = 0.08
+    sigma_px: float | tuple[float, ...] = (0.0, 1.0, 1.5)
+    min_pixels: int = 256
+    max_correction_mm: float = 150.0
+    search_level: int | None = 0
+    search_range_mm: float = 24.0
+    search_step_mm: float = 12.0
+    search_rot_deg: tuple[float, ...] = (0.0,)
+    starts_per_level: int | tuple[int, ...] = (4, 1)
+    confidence: ConfidenceModel | None = None
+    reject_outliers: bool | tuple[bool, ...] = True
+    outlier_k: float = 4.0
+    voxels_per_pixel: float | None = 1.5
+    nominal_magnification: float = 1.45
+
+
+def with_overrides(options: RegistrarOptions | None, overrides: dict[str, Any]) -> RegistrarOptions:
+    """A copy of ``options`` (default: `RegistrarOptions()`) with ``overrides`` applied; the
+    caller's object is never modified. Unknown names are a `TypeError` naming the option;
+    unknown similarity kinds a `RegistrationError`."""
+    names = {f.name for f in fields(RegistrarOptions)}
+    for k in overrides:
+        if k not in names:
+            raise TypeError(f"unknown Registrar option {k!r} (RegistrarOptions has {sorted(names)})")
+    opts = replace(options or RegistrarOptions(), **overrides)
+    for kind in per_level(opts.similarity):
+        if kind not in SIMILARITIES:
+            raise RegistrationError(f"similarity must be one of {SIMILARITIES}, got {kind!r}")
+    return opts

@@ -1,0 +1,118 @@
+"""Result types of `runtime.Registrar`: `RegistrationResult` and `Confidence`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+__all__ = ["RegistrationResult", "Confidence", "STATUSES", "Status"]
+
+Status = Literal["converged", "deadline", "max_iterations", "diverged", "failed"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+
+@dataclass
+class Confidence:
+    """Whether to trust a registration result (see `runtime.registration.confidence`).
+
+    Attributes:
+        score: in [0, 1]; higher = more trustworthy (the value to threshold / rank by)
+        accepted: score >= threshold and no hard failure: the pose may be used
+        similarity: final similarity at the finest level (1 = perfect; ~0 = unrelated images)
+        predicted_reprojection_mm: predicted 1-sigma reprojection uncertainty at the detector
+            (mm), from the LM normal matrix
+        pose_std: 1-sigma of (rx, ry, rz in degrees about the anatomy centre; tx, ty, tz in mm,
+            camera axes)
+        reasons: why it is not accepted (empty when accepted)
+    """
+
+    score: float
+    accepted: bool
+    similarity: float
+    predicted_reprojection_mm: float
+    pose_std: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": float(self.score), "accepted": bool(self.accepted),
+                "similarity": float(self.similarity),
+                "predicted_reprojection_mm": float(self.predicted_reprojection_mm),
+                "pose_std": [float(x) for x in self.pose_std], "reasons": list(self.reasons)}
+
+
+@dataclass
+class RegistrationResult:
+    """What `Registrar.register` returns. ``pose`` is never NaN.
+
+    Attributes:
+        pose: 4x4 float64 T_cam_from_ct (the best pose found; the initial pose if nothing better
+            was found)
+        status: "converged" | "deadline" | "max_iterations" | "diverged" | "failed" (confidence
+            says: do not use). "converged": at the finest level the last step moved the anatomy
+            (predicted RMS over the mask points) by less than xtol_px pixels, or the cost fell
+            by less than rtol (relative) over two steps, or no smaller step lowers it;
+            "max_iterations": the finest level's quota ran out first
+        iterations: renders with Jacobian over all levels and stages
+        similarity: final similarity at the finest level run (1 - cost)
+        confidence: trust assessment
+        timings: {"total_ms", "stages": {name: ms}, "iterations": [...]}: the contract in
+            design.md
+        history: per evaluation: {"stage", "level", "pose" (4x4 list), "cost", "accepted"}
+        initial_pose: the pose the intensity stage started from
+        stop_reason: why the loop stopped ("converged", "deadline", "max_iterations",
+            "diverged") before the confidence check; equal to status unless status is "failed"
+        similarity_kind: the finest level's similarity: "lgc" | "lncc" | "gc" | "ncc" | "ncc+gc"
+        polarity: +1 / -1: whether the X-ray's intensities correlate positively with the DRR
+        levels: detector binning factors run (relative to the frame), coarse to fine
+        backend: projector backend
+        warnings: anything worth a log line (e.g. fell back to the whole valid region)
+        network_init: init="network": the RTPI's output ("sopi_pose"), its "preprocess_ms" /
+            "inference_ms" and the network inputs it was fed ("feeds"); None for other inits
+    """
+
+    pose: np.ndarray
+    status: Status
+    iterations: int
+    similarity: float
+    confidence: Confidence
+    timings: dict[str, Any]
+    history: list[dict[str, Any]]
+    initial_pose: np.ndarray
+    stop_reason: str = ""
+    similarity_kind: str = ""
+    polarity: float = 1.0
+    levels: list[int] = field(default_factory=list)
+    backend: str = ""
+    warnings: list[str] = field(default_factory=list)
+    network_init: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the pose may be used (not failed / diverged)."""
+        return self.status in ("converged", "deadline", "max_iterations")
+
+    def to_dict(self, history: bool = False) -> dict[str, Any]:
+        d = {
+            "pose": np.asarray(self.pose, float).tolist(),
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "iterations": int(self.iterations),
+            "similarity": float(self.similarity),
+            "similarity_kind": self.similarity_kind,
+            "polarity": float(self.polarity),
+            "confidence": self.confidence.to_dict(),
+            "timings": self.timings,
+            "initial_pose": np.asarray(self.initial_pose, float).tolist(),
+            "levels": list(self.levels),
+            "backend": self.backend,
+            "warnings": list(self.warnings),
+        }
+        if self.network_init is not None:
+            d["network_init"] = {"sopi_pose": np.asarray(self.network_init["sopi_pose"], float).tolist(),
+                                 "preprocess_ms": float(self.network_init["preprocess_ms"]),
+                                 "inference_ms": float(self.network_init["inference_ms"])}
+        if history:
+            d["history"] = [dict(h, pose=np.asarray(h["pose"], float).tolist()) for h in self.history]
+        return d
