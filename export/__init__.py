@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from calib.errors import SopiError
+
 if TYPE_CHECKING:  # pragma: no cover
     from export.bundle import ExportOptions, ExportResult, export_bundle
     from export.parity import OutputParity, ParityReport
@@ -31,4 +33,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE))
 
 
-__all__ = ["ExportOptions", "ExportResult", "export_bundle", "ParityReport", "OutputParity"]
+__all__ = ["ExportOptions", "ExportResult", "export_bundle", "ParityReport", "OutputParity", "SopiError"]

@@ -26,9 +26,9 @@ def parser() -> argparse.ArgumentParser:
             "preprocessing and geometry, and an ONNX Runtime vs PyTorch parity report.",
             "Needs PyTorch and ONNX: pip install -e '.[export]'."),
         epilog=paragraphs(
-            EXIT_CODES_HELP.format(failed="bundle written but parity above tolerance")
-            + "; 3 bundle written but TensorRT engines could not be built here (--engine; run "
-            "sopi-build-engines on the target, which uses 3 for the same case).",
+            EXIT_CODES_HELP.format(failed="bundle written but parity above tolerance, or --engine "
+                                   "given and the TensorRT engines could not be built here (run "
+                                   "sopi-build-engines on the target)"),
             "example: sopi-export vali_model80.pt --checkpoint-2 vali_model3000.pt -o bundle/"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="RTPI or Fine_regnet / Composite_encoder checkpoint (.pt; required)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from models.errors import CheckpointError
+from models.errors import CheckpointError, ModelsError, SopiError
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.checkpoint import KINDS, LoadedCheckpoint, build, detect, load_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "KINDS", "RTPI_KINDS", "POSE_NAMES", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint",
-    "build", "detect", "CheckpointError", "CompositeEncoder", "FineRegNet", "FeatureHead", "RTPINet",
+    "build", "detect", "SopiError", "ModelsError", "CheckpointError", "CompositeEncoder", "FineRegNet", "FeatureHead", "RTPINet",
     "ParamRange", "param_ranges", "PS_KIND", "PatientRTPINet", "render_upstream", "rtvec_to_matrix",
     "min_max", "SopiGeometry", "sopi_to_T", "T_to_sopi", "pose_to_rtvec", "rtvec_to_pose",
     "network_image", "network_volume",

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 import textwrap
 
-from calib.errors import SopiError
+from models.errors import ModelsError, SopiError
 
 EXIT_OK = 0  # the job ran and succeeded
 EXIT_FAILED = 1  # the job ran but failed (export parity above tolerance, training diverged)
@@ -21,7 +21,7 @@ EXIT_CODES_HELP = ("exit codes: 0 ok; 1 the job ran but failed ({failed}); 2 usa
                    "(bad options, missing or unreadable file, missing optional dependencies)")
 
 
-class UsageError(SopiError, ValueError):
+class UsageError(ModelsError, ValueError):
     """The command line asks for something that cannot be done (message: what and how to fix it)."""
 
 

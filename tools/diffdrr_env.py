@@ -107,10 +107,10 @@ def resolve_python(python: str | None = None) -> str:
     if py.is_file():
         return str(py)
     raise SystemExit(
-        f"DiffDRR runs in its own venv (diffdrr=={DIFFDRR_VERSION}, CPU torch=={TORCH_VERSION}); none given "
-        f"(--diffdrr-python, ${ENV_VAR}) and none at {default_dir()}. Create it, from the repository root "
-        f"with the project venv, with:\n\n    {CREATE_COMMAND}\n\nthen rerun (the default venv is found), "
-        f"or pass --diffdrr-python {py}.")
+        f"DiffDRR runs in its own venv (diffdrr=={DIFFDRR_VERSION} on CPU torch=={TORCH_VERSION}): none given by "
+        f"--diffdrr-python or ${ENV_VAR}, and none at {default_dir()}. Create it (repository root, project venv) "
+        f"with:\n\n    {CREATE_COMMAND}\n\nand rerun: that venv is then found without flags (one made elsewhere "
+        f"with `{CREATE_COMMAND} DIR`: --diffdrr-python DIR/bin/python).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,10 +22,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from calib.errors import SopiError
+from runtime.errors import BackendUnavailableError
 
 __all__ = ["main", "run_demo"]
 
@@ -54,7 +55,7 @@ def _error(msg: str) -> None:
     print("sopi-demo: error: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
 
 
-def _setup(backend: str, budget_ms: float | None, say) -> tuple:
+def _setup(backend: Any, budget_ms: float | None, say) -> tuple:
     """(phantom volume, intrinsics, warmed-up registrar, warm-up ms)."""
     from calib.geometry import Intrinsics
     from runtime.registration.registrar import Registrar
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.write_samples is not None:
             return _write_samples(a.write_samples, a.seed)
         rep = run_demo(a.out, a.seed, a.budget_ms, a.backend, a.via_dicom)
-    except (SopiError, OSError) as exc:  # bad arguments: an unavailable backend, a folder that cannot be written
+    except (BackendUnavailableError, OSError) as exc:  # bad arguments: no such backend here, an unwritable folder
         _error(f"{type(exc).__name__}: {exc}")
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001

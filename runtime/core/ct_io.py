@@ -90,14 +90,15 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise CTLoadError(f"{path}: reading NIfTI needs nibabel: pip install 'sopi[nifti]'") from None
     try:
         img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
+        # nib.load is typed as FileBasedImage; a NIfTI image (SpatialImage) has dataobj and affine
+        arr = np.asarray(img.dataobj, dtype=np.float32)  # type: ignore[attr-defined]  # see above
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise CTLoadError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise CTLoadError(f"{path}: expected a 3-D image, got shape {arr.shape}")
-    affine = _LPS_FROM_RAS @ np.asarray(img.affine, dtype=np.float64)
+    affine = _LPS_FROM_RAS @ np.asarray(img.affine, dtype=np.float64)  # type: ignore[attr-defined]  # SpatialImage
     # nibabel arrays are indexed [i, j, k]; ours are [k, j, i]
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), affine
 

@@ -7,11 +7,15 @@ A pose is a 4x4 float64 matrix ``T_cam_from_ct``. Twists are ``xi = (wx, wy, wz,
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from calib.rotations import rot_axis
 from runtime.errors import PoseError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "hat",
@@ -167,7 +171,7 @@ def geodesic_distance(T1: np.ndarray, T2: np.ndarray, rho_mm: float = 100.0) -> 
 _AXES = {"x": 0, "y": 1, "z": 2}
 
 
-def euler_to_matrix(angles: np.ndarray, order: str = "xyz", degrees: bool = True) -> np.ndarray:
+def euler_to_matrix(angles: ArrayLike, order: str = "xyz", degrees: bool = True) -> np.ndarray:
     """Rotation from intrinsic Euler angles: order "xyz" means R = Rx(a0) @ Ry(a1) @ Rz(a2)."""
     order = order.lower()
     if sorted(order) != ["x", "y", "z"]:

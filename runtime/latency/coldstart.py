@@ -21,6 +21,10 @@ from runtime.registration.registrar import Registrar  # noqa: E402
 class _Frame:
     """What register() needs of a frame."""
 
+    image: np.ndarray
+    valid: np.ndarray
+    intrinsics: Intrinsics
+
 
 def ms(a: float, b: float) -> float:
     return (b - a) * 1e3

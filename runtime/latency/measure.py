@@ -47,7 +47,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,6 +73,9 @@ __all__ = [
     "run_latency",
     "validate_report_dict",
 ]
+
+if TYPE_CHECKING:
+    from runtime.registration.registrar import Backend
 
 from runtime.latency.report import (  # noqa: F401  (re-exported: the public API of runtime.latency)
     environment_info,
@@ -284,7 +287,9 @@ def profile_size(volume: Any, intrinsics: Any, samples: Sequence[_Sample], *, fr
     if not samples:
         raise ValueError("no frames")
     centre = _anatomy_centre(volume)
-    reg = Registrar(volume, intrinsics, bundle=bundle, backend=backend, budget_ms=budget_ms, profile=True)
+    # a config/CLI string; the Registrar's projector rejects anything but auto|cpu|cuda
+    proj_backend = cast("Backend", backend)
+    reg = Registrar(volume, intrinsics, bundle=bundle, backend=proj_backend, budget_ms=budget_ms, profile=True)
     reg.warm_up()
     _time_frames(reg, samples, warmup)
     records: list[FrameRecord] = []
@@ -300,7 +305,8 @@ def profile_size(volume: Any, intrinsics: Any, samples: Sequence[_Sample], *, fr
                           width=shape[1], height=shape[0], backend=reg.backend, memory=mem)
     if overhead_frames > 0:
         k = min(overhead_frames, frames)
-        reg_off = Registrar(volume, intrinsics, bundle=bundle, backend=backend, budget_ms=budget_ms, profile=False)
+        reg_off = Registrar(volume, intrinsics, bundle=bundle, backend=proj_backend, budget_ms=budget_ms,
+                            profile=False)
         reg_off.warm_up()
         on2 = _time_frames(reg, samples, k)
         off = _time_frames(reg_off, samples, k)

@@ -125,6 +125,7 @@ def _nvidia_driver_version() -> str | None:
 
 def environment_info(backend: str | None = None) -> dict:
     """Machine, OS, Python, library versions, numba threading; the GPU when ``backend`` is cuda."""
+    cores: int | None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -152,11 +153,12 @@ def environment_info(backend: str | None = None) -> dict:
     }
     try:
         import numba
-        env["numba_num_threads"] = int(numba.config.NUMBA_NUM_THREADS)
+        # numba.config sets its attributes at runtime (unknown to type checkers)
+        env["numba_num_threads"] = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
         try:
             env["numba_threading_layer"] = numba.threading_layer()
         except ValueError:  # no parallel function has run yet
-            env["numba_threading_layer"] = str(numba.config.THREADING_LAYER)
+            env["numba_threading_layer"] = str(numba.config.THREADING_LAYER)  # type: ignore[attr-defined]  # see above
     except Exception:
         pass
     if backend in ("cuda", "auto"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -50,6 +50,14 @@ def summarize(values: Iterable[float]) -> Stats | None:
         return None
     p50, p95, p99 = (float(x) for x in np.percentile(a, _PCTS))
     return Stats(int(a.size), float(a.min()), p50, p95, p99, float(a.max()), float(a.mean()))
+
+
+def _record_stats(values: Iterable[float]) -> Stats:
+    """`summarize` of one value per record (records are never empty in `analyse_frames`).
+
+    Typed as `Stats` for `SizeProfile`'s required fields; it is still None (as before) if every
+    value is non-finite."""
+    return cast(Stats, summarize(values))
 
 
 def _stats_dict(s: Stats | None) -> dict | None:
@@ -244,15 +252,15 @@ def analyse_frames(records: Sequence[FrameRecord], *, budget_ms: float | None, l
     return SizeProfile(
         label=label or (f"{width}x{height}" if width else "frames"), width=int(width), height=int(height),
         backend=backend, frames=len(records),
-        total_ms=summarize(totals), wall_ms=summarize(walls),
+        total_ms=_record_stats(totals), wall_ms=_record_stats(walls),
         stages_ms={k: v for k, v in stages.items() if v is not None},
         iteration_ms=iteration_ms,
         per_frame_ms={k: v for k, v in per_frame.items() if v is not None},
         breakdown_ms=breakdown,
-        iterations=summarize(r.iterations for r in records),
+        iterations=_record_stats(r.iterations for r in records),
         fps=(len(records) / wall_s) if wall_s > 0 else float("inf"),
         deadline=dl, status_counts=status_counts,
-        stage_sum_error=summarize(_stage_sum_error(r.timings) for r in records),
+        stage_sum_error=_record_stats(_stage_sum_error(r.timings) for r in records),
         memory=dict(memory or {}),
         rot_err_deg=summarize(r.rot_err_deg for r in records if r.rot_err_deg is not None),
         trans_err_mm=summarize(r.trans_err_mm for r in records if r.trans_err_mm is not None),

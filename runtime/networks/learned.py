@@ -180,6 +180,7 @@ class BundleNetworks:
         self.rtpi_cube_affine = None
         if self.has_init:
             g = self.rtpi_geometry
+            assert g is not None  # set when has_init
             aff = self.rtpi_bundle.cube_affine(self.rtpi_spec.name)
             if any(len(t.shape) == 5 for t in self.rtpi_spec.inputs):
                 hu, _, aff = network_cube(volume, mask, g, aff)
@@ -210,6 +211,7 @@ class BundleNetworks:
             raise BundleError(f"{self.rtpi_bundle.root}: RTPI network {self.rtpi_spec.name!r} must have one "
                               f"4-D image input, has {[t.to_dict() for t in self.rtpi_spec.inputs]}")
         self.rtpi_image = img_in[0]
+        assert self.rtpi_geometry is not None  # _open_rtpi runs only when has_init
         self.rtpi_camera = image_camera(self.rtpi_geometry, img_in[0], self.rtpi_spec.preprocessing)
         outs = [o.name for o in self.rtpi_spec.outputs]
         self.rtpi_output = "pose" if "pose" in outs else outs[-1]
@@ -265,6 +267,7 @@ class BundleNetworks:
         pose = np.asarray(out[self.rtpi_output], float).reshape(-1)[:6]
         if not np.all(np.isfinite(pose)):
             raise RegistrationError(f"RTPI returned a non-finite pose {pose.tolist()}")
+        assert self.rtpi_geometry is not None and self.rtpi_cube_affine is not None  # has_init: _build_cubes set both
         T = sopi_to_T(pose, self.rtpi_geometry, self.rtpi_cube_affine)
         return T, {"sopi_pose": pose, "preprocess_ms": (t1 - t0) * 1e3,
                    "inference_ms": (t2 - t1) * 1e3, "feeds": feeds}
@@ -278,9 +281,12 @@ class BundleNetworks:
     def level_masks(self, T: np.ndarray) -> list[np.ndarray]:
         """Min-max projected mask (network orientation) area-downsampled to each level [h, w]."""
         sizes = [s[1:] for _, s in self.levels]
+        assert self.cube_projector is not None  # learned stage only (has_learned)
         if not self.cube_projector.has_mask:
             return [np.ones(hw, np.float32) for hw in sizes]
-        return level_masks(self.cube_projector.render(T, jacobian=False, mask=True).mask, sizes)
+        projected = self.cube_projector.render(T, jacobian=False, mask=True).mask
+        assert projected is not None  # mask=True on a projector with a mask
+        return level_masks(projected, sizes)
 
     def _run_moving(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         mb = min(self.dynamic_batch, self.options.max_batch) if self.dynamic_batch > 1 else 1
@@ -293,12 +299,14 @@ class BundleNetworks:
                   rho: float, timing: dict | None = None) -> tuple[np.ndarray, np.ndarray, float, dict]:
         """Residuals r, Jacobian J (w.r.t. the scaled parameters) and cost at pose T; ``extra``
         carries the encoder input x and tangents t (for tests)."""
+        assert self.cube_projector is not None  # learned stage only (has_learned)
         t0 = time.perf_counter()
         rr = self.cube_projector.render(T, jacobian=True, mask=False)
         t1 = time.perf_counter()
         S1, S2 = rr.image.shape
         s = self.moving_scale
         x = (s * rr.image).T.astype(np.float32)  # network orientation
+        assert rr.jacobian is not None  # rendered with jacobian=True
         Jp = param_jacobian(rr.jacobian.reshape(6, -1).T.astype(np.float64), T, centre, rho)
         tang = (s * Jp.T.reshape(6, S1, S2)).transpose(0, 2, 1).astype(np.float32)
         xmax = float(np.abs(x).max())
@@ -349,7 +357,7 @@ class BundleNetworks:
         info: dict[str, Any] = {"status": "max_iterations", "rounds": 0, "fixed_ms": fixed_ms,
                                 "cost0": None, "cost": None}
         est = [0.0]
-        last_end = [None]
+        last_end: list[float | None] = [None]
         for rnd in range(opts.rounds):
             left = opts.max_iterations - n_eval
             if left <= 1:

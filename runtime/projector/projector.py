@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import cast
 
 import numpy as np
 
@@ -243,11 +244,13 @@ class Projector:
         binning = int(binning)
         intr, dirs, dev_dirs = self._level(binning)
         H, W = intr.height, intr.width
+        roi_t: tuple[int, int, int, int]
         if roi is None:
             roi_t = (0, H, 0, W)
         else:
             try:
-                roi_t = tuple(int(x) for x in roi)
+                # the length is checked on the next line
+                roi_t = cast("tuple[int, int, int, int]", tuple(int(x) for x in roi))
                 if len(roi_t) != 4 or any(float(a) != float(b) for a, b in zip(roi, roi_t)):
                     raise ValueError
             except (TypeError, ValueError):
@@ -268,6 +271,7 @@ class Projector:
         img, jac = render_cpu(self._state.padded, dirs, roi_t, P, bool(jacobian))
         msk = None
         if want_mask:
+            assert self._state.padded_mask is not None  # want_mask implies has_mask
             msk, _ = render_cpu(self._state.padded_mask, dirs, roi_t, P, False)
         return Render(**common, image=img, jacobian=jac, mask=msk)
 

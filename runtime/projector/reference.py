@@ -80,7 +80,7 @@ def reference_render(volume, intrinsics, T_cam_from_ct, step_mm: float,
     ks = np.arange(0, kmax + 1, dtype=np.float64)
     d = intrinsics.ray_directions().reshape(-1, 3)
     H, W = intrinsics.height, intrinsics.width
-    img = np.zeros(len(d))
+    img: np.ndarray = np.zeros(len(d))
     jac = np.zeros((len(d), 6)) if jacobian else None
     for s in range(0, len(d), chunk):
         dd = d[s:s + chunk]                                   # (r, 3)
@@ -90,11 +90,13 @@ def reference_render(volume, intrinsics, T_cam_from_ct, step_mm: float,
         mu, g_ijk = trilinear_with_gradient(vol, ijk)
         img[s:s + chunk] = delta * mu.sum(axis=1)
         if jacobian:
+            assert jac is not None  # allocated above when jacobian
             g_x = g_ijk @ A3inv                               # A^-T grad_ijk
             g = g_x @ R.T                                     # R grad_x (camera axes)
             jac[s:s + chunk, :3] = delta * np.cross(g, p).sum(axis=1)
             jac[s:s + chunk, 3:] = -delta * g.sum(axis=1)
     img = img.reshape(H, W)
     if jacobian:
+        assert jac is not None
         return img, jac.T.reshape(6, H, W)
     return img, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,6 +28,9 @@ from runtime.registration.similarity import prepare_similarity
 from runtime.registration.solver import LMOptions, LMResult, StepRejected, levenberg_marquardt
 from runtime.registration.timing import CallClock
 
+if TYPE_CHECKING:
+    from runtime.registration.result import Status
+
 __all__ = ["IntensityStage", "IntensityOutcome"]
 
 
@@ -36,7 +39,7 @@ class IntensityOutcome:
     """What the intensity stage hands to the result."""
 
     pose: np.ndarray
-    status: str
+    status: Status
     # "converged" | "max_iterations" | "deadline" | "diverged"
     last: tuple | None
     # (residuals, Jacobian, similarity, level intrinsics) of the finest level run, for the confidence
@@ -80,7 +83,8 @@ class IntensityStage:
     def run(self, T_start: np.ndarray, T_init: np.ndarray) -> IntensityOutcome:
         """Coarse to fine from ``T_start`` (``T_init``: the pose before the learned stage)."""
         T = T_start
-        status, last, hard_failure = "converged", None, None
+        status: Status = "converged"
+        last, hard_failure = None, None
         self.candidates = [T]
         iteration_s = self.clock.iteration_s
         try:

@@ -4,7 +4,7 @@ stage (`runtime.networks.preprocess`) and training."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -26,7 +26,8 @@ def bin_mask(valid: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return np.asarray(valid, dtype=bool)
     H, W = valid.shape[0] // f, valid.shape[1] // f
-    return np.asarray(valid[:H * f, :W * f], bool).reshape(H, f, W, f).all(axis=(1, 3))
+    # .all(axis=...) on a 4-D array is an array (numpy's stubs also allow a scalar)
+    return cast(np.ndarray, np.asarray(valid[:H * f, :W * f], bool).reshape(H, f, W, f).all(axis=(1, 3)))
 
 
 def auto_levels(width: int, height: int, level_widths: tuple[int, ...]) -> list[int]:

@@ -81,6 +81,7 @@ def _anatomy_points(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _registrar_mask(volume: Volume, mask: Any) -> np.ndarray | None:
+    out: np.ndarray | None
     if mask is not None:
         m = np.asarray(mask)
         if m.shape != volume.shape:
@@ -242,6 +243,7 @@ class Registrar:
         clock.stages["init"] = clock.elapsed_ms()
         if net_info:
             clock.record("init", "init", inference_ms=net_info["inference_ms"], copy_ms=net_info["preprocess_ms"])
+            assert self._networks is not None  # only the network init returns a record
             share = self._networks.options.init_share
             if clock.budget_ms is not None and clock.stages["init"] > share * clock.budget_ms:
                 warnings.append(f"network init took {clock.stages['init']:.0f} ms, more than its "

@@ -31,7 +31,7 @@ The pixel set (valid detector pixels, optionally the projected spine mask) is fi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import cv2
 import numpy as np
@@ -236,7 +236,8 @@ class PreparedSimilarity:
             Js.append(None if J is None else w * J)
             vals.append(v)
         r = np.concatenate(rs) if len(rs) > 1 else rs[0]
-        J = None if jac is None else (np.concatenate(Js) if len(Js) > 1 else Js[0])
+        # with a Jacobian every block returns its J (none of Js is None)
+        J = None if jac is None else (np.concatenate(cast("list[np.ndarray]", Js)) if len(Js) > 1 else Js[0])
         value = self.polarity * float(sum(w * w * v for w, v in zip(self.weights, vals)))
         cost = 0.5 * float(r @ r)
         return r, J, cost, value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from collections.abc import Callable
 
 import numpy as np
@@ -149,7 +149,8 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
         accepted = ok and cost_new < cost
         history.append((x_new, cost_new, accepted))
         if on_evaluation is not None:
-            on_evaluation(x_new, cost_new, accepted)
+            # may be numpy's bool (ok comes from np.all()); passed on unchanged
+            on_evaluation(x_new, cost_new, cast(bool, accepted))
         if accepted:
             rho = (cost - cost_new) / pred
             decrease = cost - cost_new

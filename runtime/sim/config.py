@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,8 +90,8 @@ class SimConfig:
     def physics(cls, grid: bool = True, **kw) -> SimConfig:
         """80 kVp + scatter (SPR 0.3 with grid, 1.5 without) + heel (+-8 %) + blur + noise at AEC 1000
         photons per pixel behind the anatomy; log domain."""
-        base = dict(grid=grid, spr=GRID_SPR if grid else NO_GRID_SPR, scatter_sigma_mm=40.0, heel=0.08,
-                    blur_px=0.7, dose=2e4, aec=1000.0, electronic_sigma=3.0)
+        base: dict[str, Any] = dict(grid=grid, spr=GRID_SPR if grid else NO_GRID_SPR, scatter_sigma_mm=40.0,
+                                    heel=0.08, blur_px=0.7, dose=2e4, aec=1000.0, electronic_sigma=3.0)
         base.update(kw)
         return cls(**base)
 
@@ -114,7 +115,7 @@ class SimConfig:
                              s_slope=float(rng.uniform(3, 9)),
                              polarity="bone_dark" if rng.random() < 0.8 else "bone_bright",
                              bits=int(rng.choice([8, 10, 12])))
-        base = dict(
+        base: dict[str, Any] = dict(
             kvp=float(rng.uniform(60, 110)), al_mm=float(rng.uniform(2.5, 5.0)),
             cu_mm=float(rng.choice([0.0, 0.1, 0.2], p=[0.5, 0.3, 0.2])), grid=grid,
             spr=float(rng.uniform(0.15, 0.5) if grid else rng.uniform(0.8, 2.0)),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 
@@ -68,7 +69,8 @@ def _mass_att(name: str, energies_kev: tuple[float, ...]) -> np.ndarray:
     if isinstance(mat.composition, str):
         # material_mu returns 1/cm at the given density: divide it out
         return np.atleast_1d(xraydb.material_mu(mat.composition, e_ev, density=mat.density)) / mat.density
-    return sum(w * np.atleast_1d(xraydb.mu_elam(el, e_ev)) for el, w in mat.composition)
+    # sum() of arrays is typed `ndarray | Literal[0]`; the composition is never empty
+    return cast(np.ndarray, sum(w * np.atleast_1d(xraydb.mu_elam(el, e_ev)) for el, w in mat.composition))
 
 
 def mass_attenuation(name: str, energies_kev) -> np.ndarray:
@@ -121,6 +123,7 @@ def decompose_hu(hu: np.ndarray, energy_kev: float = 70.0, metal: str = "titaniu
         w = np.where(h <= 0, np.maximum(1.0 + h / 1000.0, 0.0), np.maximum(1.0 - f, 0.0))
         b = f * rho_b
         if has_metal:
+            assert metal_rho is not None  # allocated above when has_metal
             m = h > metal_hu
             w[m] = 0.0
             b[m] = 0.0
@@ -129,5 +132,6 @@ def decompose_hu(hu: np.ndarray, energy_kev: float = 70.0, metal: str = "titaniu
         bone[k:k + chunk] = b
     out = {"water": water, "bone": bone}
     if has_metal:
+        assert metal_rho is not None
         out[metal] = metal_rho
     return MaterialDensities(out, float(hb), float(energy_kev))

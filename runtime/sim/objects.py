@@ -9,6 +9,7 @@ chord (the simulator clips the water path at 0, so it never creates negative mat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from runtime.sim.errors import SimulatorError
 from runtime.sim.materials import MATERIALS
 from runtime.sim.primitives import Box, Cylinder, Ellipsoid, chord
 from runtime.core.volume import Volume
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["Part", "SceneObject", "kwire", "pedicle_screw", "retractor_blade", "gas_pocket", "ecg_lead",
            "table_edge", "render_objects", "random_clutter", "CLUTTER_KINDS"]
@@ -94,7 +98,8 @@ def gas_pocket(centre, radii, axes=None, tissue_density: float = 1.0) -> SceneOb
     """Gas (bowel gas, air after surgery): an ellipsoid that removes ``tissue_density`` of water
     along its chords."""
     R = np.eye(3) if axes is None else np.asarray(axes, np.float64)
-    e = Ellipsoid(tuple(np.asarray(centre, float)), tuple(float(r) for r in radii), tuple(map(tuple, R)))
+    e = Ellipsoid(tuple(np.asarray(centre, float)), cast("tuple[float, float, float]", tuple(float(r) for r in radii)),
+                  tuple(map(tuple, R)))
     return SceneObject("gas", (_part(e, "water", -tissue_density),))
 
 
@@ -117,7 +122,8 @@ def table_edge(centre, half_sizes=(250.0, 10.0, 400.0), axes=None, material: str
     """Patient table top (box). Default: a 20 mm carbon-fibre/foam sandwich of mean density
     0.6 g/cm^3; pass ``material="aluminium", density=None`` for a metal rail."""
     R = np.eye(3) if axes is None else np.asarray(axes, np.float64)
-    box = Box(tuple(np.asarray(centre, float)), tuple(float(h) for h in half_sizes), tuple(map(tuple, R)))
+    box = Box(tuple(np.asarray(centre, float)), cast("tuple[float, float, float]", tuple(float(h) for h in half_sizes)),
+              tuple(map(tuple, R)))
     return SceneObject("table", (_part(box, material, density),))
 
 
@@ -167,7 +173,7 @@ def _bounding_sphere(s) -> tuple[np.ndarray, float]:
 
 
 # --------------------------------------------------------------------------------------------- clutter
-def _skin(volume: Volume, start: np.ndarray, direction: np.ndarray, mu_min: float = 0.01) -> np.ndarray:
+def _skin(volume: Volume, start: np.ndarray, direction: ArrayLike, mu_min: float = 0.01) -> np.ndarray:
     """Last point with mu >= mu_min (tissue) marching from ``start`` along ``direction``."""
     d = _unit(direction)
     last = np.asarray(start, np.float64)

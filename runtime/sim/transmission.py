@@ -8,6 +8,8 @@ per chunk of pixels: (pixels, materials) @ (materials, energies).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from runtime.sim.materials import mass_attenuation
@@ -39,4 +41,5 @@ def mono_line_integral(paths: dict[str, np.ndarray], energy_kev: float) -> np.nd
     for n, p in paths.items():
         term = np.float32(mass_attenuation(n, [energy_kev])[0]) * np.asarray(p, np.float32)
         out = term if out is None else out + term
-    return out
+    # None only for an empty ``paths`` (the simulator always passes water and bone)
+    return cast(np.ndarray, out)

@@ -26,8 +26,9 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +54,10 @@ _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def _ct_dataset(uids: dict, rows: int, cols: int, k: int) -> Any:
     """A CT Image Storage dataset with everything but the slice geometry and pixels."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _CT_SOP_CLASS
+    meta.MediaStorageSOPClassUID = UID(_CT_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = sop_uid = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -114,7 +115,7 @@ def write_ct_series(folder: str | Path, hu: np.ndarray, affine: np.ndarray, *, s
         ipp = A[:3, 3] + k * A[:3, 2]
         ds.ImagePositionPatient = [_ds(v) for v in ipp]
         ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([row_dir, col_dir])]
-        ds.PixelSpacing = [_ds(np.linalg.norm(A[:3, 1])), _ds(np.linalg.norm(A[:3, 0]))]
+        ds.PixelSpacing = [_ds(float(np.linalg.norm(A[:3, 1]))), _ds(float(np.linalg.norm(A[:3, 0])))]
         ds.SliceThickness = _ds(abs(step))
         ds.SliceLocation = _ds(float(np.dot(ipp, normal)))
         ds.RescaleIntercept, ds.RescaleSlope = _ds(intercept), _ds(slope)
@@ -135,13 +136,16 @@ def _ds(x: float) -> str:
 
 def _write_masks(folder: Path, vol: Volume) -> dict[str, Path]:
     """``mask.npz`` (always) and ``mask.nii.gz`` (when nibabel is installed)."""
+    if vol.mask is None:
+        raise ValueError("the volume has no label mask")
+    labels = vol.mask.astype(np.uint8)
     out = {"mask": folder / "mask.npz"}
-    np.savez_compressed(out["mask"], data=vol.mask.astype(np.uint8), affine=vol.affine)
+    np.savez_compressed(out["mask"], data=labels, affine=vol.affine)
     try:
         import nibabel as nib
     except ImportError:
         return out
-    img = nib.Nifti1Image(np.ascontiguousarray(vol.mask.astype(np.uint8).transpose(2, 1, 0)),
+    img = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)),
                           _LPS_FROM_RAS @ vol.affine)
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
@@ -186,7 +190,7 @@ def frame_maker(vol: Volume, intr: Intrinsics, physics: bool | None = None, *, g
 
 
 def _write_frame(path: Path, frame, physical: bool, view: tuple[float, float]) -> Path:
-    geometry = {"sod_mm": SOD_MM, "primary_deg": view[0], "secondary_deg": view[1]}
+    geometry: dict[str, Any] = {"sod_mm": SOD_MM, "primary_deg": view[0], "secondary_deg": view[1]}
     if physical:
         return frame.to_dicom(path, pir="LIN", **geometry).path
     H, W = frame.image.shape
@@ -253,7 +257,8 @@ def _readme(folder: Path, paths: dict, truth: dict, seconds: float) -> str:
         "HU = stored value - 1024, one series",
         "  mask.npz           vertebra labels 1..5 = L1..L5 on the CT grid (arrays 'data' and 'affine')"]
     if "mask_nifti" in paths:
-        lines.append("  mask.nii.gz        the same labels as NIfTI (reading it needs nibabel: pip install 'sopi[nifti]')")
+        lines.append("  mask.nii.gz        the same labels as NIfTI (reading it needs nibabel: "
+                     "pip install 'sopi[nifti]')")
     lines += [f"  {x['file']:<18} X-ray angiographic frame, primary {x['positioner_primary_deg']:g} deg, "
               f"secondary {x['positioner_secondary_deg']:g} deg, SOD {x['sod_mm']:g} mm" for x in f]
     lines += [

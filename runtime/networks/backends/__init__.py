@@ -42,10 +42,10 @@ def _matching_engine(bundle, net, precision: str):
         gpu = gpu_identity()
     except BackendUnavailableError as e:
         return None, str(e)
-    for e in net.engines:
-        if (e.precision == precision and e.trt_version == trt.__version__
-                and e.gpu_name == gpu.name and e.compute_capability == gpu.compute_capability):
-            return e, None
+    for eng in net.engines:
+        if (eng.precision == precision and eng.trt_version == trt.__version__
+                and eng.gpu_name == gpu.name and eng.compute_capability == gpu.compute_capability):
+            return eng, None
     return None, (f"no engine for TensorRT {trt.__version__} on {gpu.name} (sm "
                   f"{gpu.compute_capability}, {precision}); run sopi-build-engines on this machine")
 
@@ -65,10 +65,10 @@ def open_network(bundle, name: str, *, backend: str = "auto", precision: str = "
         if rec is not None:
             from runtime.networks.backends.tensorrt import TensorRTBackend
 
-            b = TensorRTBackend(bundle.path(rec.file))
-            b.reason = f"TensorRT engine {rec.file} matches this GPU and TensorRT version"
-            log.info("network %s: %s (%s)", name, b.description, b.reason)
-            return b
+            trt_b = TensorRTBackend(bundle.path(rec.file))
+            trt_b.reason = f"TensorRT engine {rec.file} matches this GPU and TensorRT version"
+            log.info("network %s: %s (%s)", name, trt_b.description, trt_b.reason)
+            return trt_b
         if backend == "tensorrt":
             raise BackendUnavailableError(f"network {name!r}: TensorRT not usable: {why}")
         reason = f"TensorRT not used: {why}; "

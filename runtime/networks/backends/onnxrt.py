@@ -35,6 +35,8 @@ class OnnxRuntimeBackend:
     "cuda" (error if absent) or "cpu"."""
 
     name = "onnxruntime"
+    reason: str
+    # why this backend was chosen (set by `runtime.networks.backends.open_network`)
 
     def __init__(self, onnx_path: str | Path, *, device: str = "auto",
                  intra_op_threads: int | None = None, cuda_stream: int | None = None) -> None:

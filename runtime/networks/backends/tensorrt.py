@@ -65,6 +65,8 @@ class TensorRTBackend:
     """Runs one serialized engine. Host arrays via run(); device pointers via run_device()."""
 
     name = "tensorrt"
+    reason: str
+    # why this backend was chosen (set by `runtime.networks.backends.open_network`)
 
     def __init__(self, engine_path: str | Path, *, stream: int | None = None) -> None:
         trt = import_tensorrt()
