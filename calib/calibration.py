@@ -54,7 +54,7 @@ class Calibration:
                 "poses": [np.asarray(p).tolist() for p in self.poses]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         if not isinstance(d, dict) or "intrinsics" not in d:
             raise CalibrationError("calibration record needs an 'intrinsics' object")
         try:
@@ -85,7 +85,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         return load_calibration(path)
 
 

@@ -194,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE",
                    help="phantom images: DICOM files or .npy line-integral arrays, all the same size")
     s.add_argument("--phantom", required=True, metavar="PH.json",
-                   help="phantom JSON: {\"name\", \"units\": \"mm\", \"bead_diameter_mm\", \"beads\": [[x, y, z], ...]}")
+                   help="phantom JSON: {\"name\", \"units\": \"mm\", \"bead_diameter_mm\", "
+                        "\"beads\": [[x, y, z], ...]}")
     s.add_argument("--pixel-mm", type=float, required=True, metavar="MM",
                    help="physical detector pixel pitch (mm); SDD = fx x pitch")
     s.add_argument("--sdd-guess", type=float, required=True, metavar="MM",

@@ -20,7 +20,7 @@ import os
 import warnings as _warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -116,7 +116,8 @@ def _decode_frame(ds: Any, path: str | None, frame: int) -> np.ndarray:
             arr = pixel_array(ds, index=frame)
     except Exception as exc:
         hint = _PLUGIN_HINTS.get(ts)
-        extra = f"; decoder missing for {hint}" if hint and ("plugin" in str(exc).lower() or "available" in str(exc).lower()) else ""
+        extra = (f"; decoder missing for {hint}"
+                 if hint and ("plugin" in str(exc).lower() or "available" in str(exc).lower()) else "")
         raise DicomReadError(f"{path or '<dataset>'}: cannot decode frame {frame} "
                              f"(transfer syntax {ts or 'unknown'}): {type(exc).__name__}: {exc}{extra}") from None
     arr = np.asarray(arr)
@@ -203,7 +204,7 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
                     if any(e is None for e in edges):
                         warns.append(f"{name}: edges missing, ignored")
                         continue
-                    left, right, up, low = edges
+                    left, right, up, low = cast("list[float]", edges)  # no None: checked just above
                     if not (1 <= left < right <= W and 1 <= up < low <= H):
                         warns.append(f"{name} edges L{left:g} R{right:g} U{up:g} Lo{low:g} are not 1-based "
                                      f"pixel indices of the {W}x{H} image: ignored")
@@ -288,6 +289,8 @@ def _geometry(ds: Any, frame: int, stored_shape: tuple[int, int], rot: int,
     spacing, source = _spacing(ds, frame, problems, warns)
     if problems:
         return None, problems, source
+    # _sdd and _spacing record a problem whenever they return None
+    assert sdd is not None and spacing is not None
     H, W = stored_shape
     dv, du = spacing  # DICOM pairs: row spacing first, then column spacing
     if rot in (90, 270):
@@ -365,7 +368,8 @@ def _principal_point(ds: Any, frame: int, spacing: list[float], rot: int, shape:
         # detector elements from the centre of the TLHC element, column distance first (C.8.19.5)
         origin = lookup_floats(ds, frame, "FieldOfViewOrigin") or [0.0, 0.0]
         elem = lookup_floats(ds, frame, "DetectorElementSpacing")
-        b_row, b_col = (spacing[0] / elem[0], spacing[1] / elem[1]) if elem and len(elem) == 2 and min(elem) > 0 else (1.0, 1.0)
+        b_row, b_col = ((spacing[0] / elem[0], spacing[1] / elem[1])
+                        if elem and len(elem) == 2 and min(elem) > 0 else (1.0, 1.0))
         if rot in (90, 270):
             b_row, b_col = b_col, b_row
         cx = (iso[0] - origin[1] - (b_col - 1) / 2.0) / b_col

@@ -13,7 +13,7 @@ A flat-panel profile carries no distortion (``Calibration.distortion is None``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class Distortion:
                 "n_points": self.n_points}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Distortion":
+    def from_dict(cls, d: dict) -> Distortion:
         try:
             order = int(d["order"])
             m = len(_monomials(order))
@@ -109,7 +109,8 @@ class Distortion:
             inv = np.asarray(d["inverse"], dtype=np.float64)
             if fwd.shape != (2, m) or inv.shape != (2, m):
                 raise ValueError(f"coefficients must be 2x{m} for order {order}")
-            return cls(order, int(d["width"]), int(d["height"]), tuple(float(c) for c in d["centre"]),
+            return cls(order, int(d["width"]), int(d["height"]),
+                       cast("tuple[float, float]", tuple(float(c) for c in d["centre"])),
                        float(d["scale"]), fwd, inv, float(d.get("rms_px", 0.0)), float(d.get("max_px", 0.0)),
                        int(d.get("n_points", 0)))
         except (KeyError, TypeError, ValueError) as exc:

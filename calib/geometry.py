@@ -65,14 +65,14 @@ class Intrinsics:
     # ----------------------------------------------------------------------------- constructors
     @classmethod
     def centred(cls, sdd_mm: float, pixel_mm: float, width: int, height: int | None = None,
-                dv_mm: float | None = None) -> "Intrinsics":
+                dv_mm: float | None = None) -> Intrinsics:
         """Intrinsics with the principal point at the image centre ((W-1)/2, (H-1)/2)."""
         height = width if height is None else height
         dv_mm = pixel_mm if dv_mm is None else dv_mm
         return cls(sdd_mm, pixel_mm, dv_mm, width, height, (width - 1) / 2.0, (height - 1) / 2.0)
 
     @classmethod
-    def perlove_plx118f(cls, binning: int = 1) -> "Intrinsics":
+    def perlove_plx118f(cls, binning: int = 1) -> Intrinsics:
         """Perlove PLX118F mobile C-arm: 1024x1024 at 0.19959 mm, SDD 1011.7 mm, centred.
 
         These are the published calibration values of the SOPI seed paper, not a vendor
@@ -101,7 +101,7 @@ class Intrinsics:
         return (self.height, self.width)
 
     # ----------------------------------------------------------------------------- transforms
-    def binned(self, factor: int) -> "Intrinsics":
+    def binned(self, factor: int) -> Intrinsics:
         """Detector binned by an integer factor (trailing pixels that do not fill a bin dropped).
 
         Binned pixel u' averages pixels f*u' ... f*u'+f-1, whose centre is f*u' + (f-1)/2,
@@ -118,7 +118,7 @@ class Intrinsics:
         return Intrinsics(self.sdd_mm, self.du_mm * factor, self.dv_mm * factor, w, h,
                           (self.cx - off) / factor, (self.cy - off) / factor)
 
-    def resized(self, width: int, height: int) -> "Intrinsics":
+    def resized(self, width: int, height: int) -> Intrinsics:
         """Detector resampled to width x height covering the same physical area.
 
         Pixel edges map onto pixel edges: u' + 0.5 = (u + 0.5) * width / self.width.
@@ -157,7 +157,7 @@ class Intrinsics:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Intrinsics":
+    def from_dict(cls, d: dict) -> Intrinsics:
         required = ("sdd_mm", "du_mm", "dv_mm", "width", "height", "cx", "cy")
         missing = [k for k in required if k not in d]
         if missing:
@@ -168,7 +168,7 @@ class Intrinsics:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Intrinsics":
+    def load(cls, path: str | Path) -> Intrinsics:
         path = Path(path)
         try:
             d = json.loads(path.read_text())

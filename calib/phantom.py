@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Phantom:
         self.beads = b
 
     @classmethod
-    def load(cls, path: str | Path) -> "Phantom":
+    def load(cls, path: str | Path) -> Phantom:
         """JSON: ``{"name": ..., "units": "mm", "bead_diameter_mm": 2, "beads": [[x, y, z], ...]}``."""
         try:
             d = json.loads(Path(path).read_text())
@@ -81,8 +82,10 @@ def dlt(points3d: np.ndarray, points2d: np.ndarray) -> np.ndarray:
     mX, mx = X.mean(0), x.mean(0)
     sX = np.sqrt(3) / np.mean(np.linalg.norm(X - mX, axis=1))
     sx = np.sqrt(2) / np.mean(np.linalg.norm(x - mx, axis=1))
-    TX = np.diag([sX, sX, sX, 1.0]); TX[:3, 3] = -sX * mX
-    Tx = np.diag([sx, sx, 1.0]); Tx[:2, 2] = -sx * mx
+    TX = np.diag([sX, sX, sX, 1.0])
+    TX[:3, 3] = -sX * mX
+    Tx = np.diag([sx, sx, 1.0])
+    Tx[:2, 2] = -sx * mx
     Xn = (TX @ np.c_[X, np.ones(len(X))].T).T
     xn = (Tx @ np.c_[x, np.ones(len(x))].T).T
     rows = []
@@ -156,7 +159,12 @@ def calibrate_phantom(views: list, phantom: Phantom, pixel_mm: float | tuple[flo
     """
     if len(views) == 0 or len(views) != len(pose_guesses):
         raise CalibrationError("need at least one view and one pose guess per view")
-    du, dv = (pixel_mm, pixel_mm) if np.isscalar(pixel_mm) else tuple(pixel_mm)
+    du: float
+    dv: float
+    if np.isscalar(pixel_mm):
+        du = dv = cast(float, pixel_mm)
+    else:
+        du, dv = tuple(cast("tuple[float, float]", pixel_mm))
     W, H = intrinsics_guess.width, intrinsics_guess.height
     X = phantom.beads
     K = intrinsics_guess.K.copy()
@@ -236,7 +244,7 @@ def _dlt_start(K: np.ndarray, X: np.ndarray, detected: list[np.ndarray], matches
                ) -> np.ndarray:
     """Starting intrinsics: the median of the per-view DLT decompositions (needs non-coplanar beads),
     kept only if within 20 % of the guess ``K``; else ``K``."""
-    Ks = []
+    Ks: list[np.ndarray | None] = []
     for d, pairs in zip(detected, matches):
         try:
             Kd, _ = decompose_projection(dlt(X[[j for _, j in pairs]], d[[i for i, _ in pairs]]))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -139,13 +139,13 @@ def _stored_values(L: np.ndarray, pir: str, bits_stored: int, i0: float, log_sca
 def _new_dataset(modality: str, n: int, patient_name: str, patient_id: str) -> Any:
     """File meta, SOP common, patient, study and series attributes of a new XA / XRF object."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     sop_class = XA_SOP_CLASS if modality == "XA" else XRF_SOP_CLASS
     sop_uid = generate_uid()
     now = _dt.datetime.now()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = cast(UID, sop_class)  # a str; pydicom stores a UI value as UID
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

@@ -6,9 +6,10 @@ import datetime as _dt
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -155,14 +156,16 @@ def parity_cases(plan: NetworkPlan, opts: ExportOptions, cache: dict) -> dict[st
             feeds[name] = x * 1000 if name == "volume" else x
         cases[f"random{i}"] = feeds
     if opts.realistic:
+        geometry = opts.geometry
+        assert geometry is not None  # resolved by _load_all before any parity check
         s = plan.inputs[-1][1][-1]
         if s not in cache:
-            cache[s] = realistic_drr(opts.geometry, size=s)
+            cache[s] = realistic_drr(geometry, size=s)
         raw, mm = cache[s]
         feeds = {}
-        for name, shape in plan.inputs:
+        for name, _shape in plan.inputs:
             if name == "volume":
-                feeds[name] = hu_phantom(opts.geometry.volume_size)[None, None]
+                feeds[name] = hu_phantom(geometry.volume_size)[None, None]
             elif plan.role == "moving_encoder":
                 feeds[name] = raw
             else:
@@ -264,6 +267,7 @@ def _network_entry(plan: NetworkPlan, out: Path, onnx_files: dict[str, str], fil
 
 def _manifest(sources: list[dict], opts: ExportOptions, networks: dict[str, Any],
               files: dict[str, str], t_start: float) -> dict[str, Any]:
+    assert opts.geometry is not None  # resolved by _load_all
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -35,6 +35,7 @@ def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], input
         prog = torch.onnx.export(module, inputs, input_names=input_names, output_names=output_names,
                                  opset_version=opset, dynamo=True, verbose=False, external_data=False,
                                  dynamic_shapes=dyn)
+    assert prog is not None  # dynamo=True always returns an ONNXProgram (None is the legacy exporter's)
     model = prog.model_proto
     onnx.helper.set_model_props(model, {k: str(v) for k, v in (metadata or {}).items()})
     onnx.save(model, str(path))

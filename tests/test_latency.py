@@ -27,6 +27,7 @@ from runtime.latency import (
     validate_report_dict,
 )
 from runtime.latency.report import format_table
+from virtual_clock import VirtualClock
 
 _ORDER = ("min", "p50", "p95", "p99", "max")
 
@@ -47,9 +48,14 @@ def _stats_objects(d, where=""):
 # ------------------------------------------------------------------------ the library API, end to end
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    # on the virtual clock (tests/virtual_clock.py): every time in the report is a function of the
+    # renders the registrations made, not of the machine's load, so the assertions on the report's
+    # times below are deterministic; real latency is what the tool itself is for (tools/latency.py)
     cfg = LatencyConfig(synthetic=3, sizes=(64,), frames=5, warmup=1, cold_start=False,
                         overhead_frames=3, budget_ms=500.0, backend="cpu")
-    rep = run_latency(cfg)
+    with VirtualClock().installed() as clock:
+        rep = run_latency(cfg)
+    assert clock.renders > 0
     path = tmp_path_factory.mktemp("latency") / "latency.json"
     rep.save_json(path)
     return rep, json.loads(path.read_text())
@@ -76,10 +82,9 @@ def test_report_json_is_valid(report):
 
 
 def test_stage_times_add_up_to_total(report):
-    # The stages are timed inside total_ms and the code between them is microseconds, so on a quiet
-    # machine every frame is within 5 %. On a loaded 2-core CI box the scheduler can preempt the
-    # process between two stages for a few ms, which is > 5 % of a ~100 ms 64x64 frame: hence the
-    # 5 % bound on the aggregate and on 4 of 5 frames, and "stages never exceed the total" on all.
+    # The stages are timed inside total_ms and the code between them does no rendering, so every
+    # frame is within 5 % (on the virtual clock of the report fixture the gap is a few clock reads;
+    # the scheduler of a loaded CI machine cannot open one). Also: stages never exceed the total.
     _, d = report
     (s,) = d["sizes"]
     totals = s["samples"]["total_ms"]
@@ -89,7 +94,7 @@ def test_stage_times_add_up_to_total(report):
     assert all(ss <= tot + 1e-6 for ss, tot in zip(sums, totals)), list(zip(sums, totals))
     assert abs(sum(sums) - sum(totals)) <= 0.05 * sum(totals)
     within = [abs(ss - tot) <= 0.05 * tot for ss, tot in zip(sums, totals)]
-    assert sum(within) >= 0.8 * len(totals), list(zip(sums, totals))
+    assert all(within), list(zip(sums, totals))
     assert s["stage_sum_error"]["p50"] < 0.05
 
 
@@ -110,12 +115,12 @@ def test_profiling_off_records_no_iterations(report):
     assert po["p50_off_ms"] > 0 and po["p50_on_ms"] > 0
 
 
-def test_profile_false_registrar_has_empty_iterations():
+def test_profile_false_registrar_has_empty_iterations(phantom64, detector64):
     from runtime.latency.measure import detector, synthetic_samples
-    from runtime.synthetic.phantom import make_phantom
     from runtime.registration.registrar import Registrar
-    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    vol = phantom64                                   # make_phantom((64, 64, 64), (3, 3, 3)), read-only
     intr = detector(64)
+    assert intr == detector64
     (s,) = synthetic_samples(vol, intr, 1, seed=3)
     res = Registrar(vol, intr, backend="cpu", profile=False).register(s.frame, init=s.init)
     assert check_timings(res.timings) == []

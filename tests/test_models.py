@@ -72,6 +72,7 @@ def test_bare_state_dict_and_2023_layout_size(tmp_path):
     assert m2.stem.norm1.normalized_shape == (128,)
 
 
+@pytest.mark.slow  # one RTPInet_v1 forward at the real 128^3 + 256^2 sizes: ~20-40 s on 2 cores
 def test_rtpi_output_ranges():
     m = randomise(build("RTPInet_v1", flag=6), seed=1)
     with torch.no_grad():
@@ -81,6 +82,14 @@ def test_rtpi_output_ranges():
     hi = torch.tensor([x.hi for x in r])
     assert torch.allclose(pose, unit * (hi - lo) + lo)
     assert ((unit > 0) & (unit < 1)).all()  # randomise() keeps relu6 unclipped
+
+
+def test_rtpi_fixed_range_components():
+    # the range buffers without a forward pass (the fast part of the output-range check)
+    m = build("RTPInet_v1", flag=6)
+    r = param_ranges("RTPInet_v1", 6)
+    assert torch.allclose(m.range_lo, torch.tensor([x.lo for x in r], dtype=m.range_lo.dtype))
+    assert torch.allclose(m.range_span, torch.tensor([x.hi - x.lo for x in r], dtype=m.range_span.dtype))
     fixed = build("RTPInet_v1", flag=0)  # fixed components: span 0, value = centre
     assert fixed.range_span[3].item() == 0 and fixed.range_lo[3].item() == pytest.approx(430.0)
     assert fixed.range_lo[4].item() == pytest.approx(20.1)

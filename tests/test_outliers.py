@@ -1,22 +1,23 @@
 """Outlier pixels (instruments / gas) by a robust per-tile affine fit of the frame to the DRR."""
 
 import numpy as np
+import pytest
 
-from calib.geometry import Intrinsics
-from runtime.registration.outliers import outlier_mask
-from runtime.synthetic.phantom import make_phantom
 from runtime.projector.projector import Projector
+from runtime.registration.outliers import outlier_mask
 from runtime.synthetic.frames import pa_pose
 
 
-def _drr():
-    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
-    intr = Intrinsics.perlove_plx118f(8)
-    return Projector(vol, intr, backend="cpu", mask=False).render(pa_pose(vol.centre)).image.astype(np.float64)
+@pytest.fixture(scope="module")
+def drr(phantom64, detector128):
+    """DRR of the shared 64^3 phantom on the 128 px detector (float64, read-only: shared by both tests)."""
+    img = Projector(phantom64, detector128, backend="cpu", mask=False).render(pa_pose(phantom64.centre)).image
+    img = img.astype(np.float64)
+    img.setflags(write=False)
+    return img
 
 
-def test_finds_a_wire_and_a_gas_pocket_and_little_else():
-    drr = _drr()
+def test_finds_a_wire_and_a_gas_pocket_and_little_else(drr):
     H, W = drr.shape
     rng = np.random.default_rng(0)
     # the frame: a smoothly varying gain and offset (scatter, another mu mapping) plus noise
@@ -42,7 +43,6 @@ def test_finds_a_wire_and_a_gas_pocket_and_little_else():
     assert capped.sum() <= int(0.002 * sel.sum())
 
 
-def test_degenerate_inputs_give_no_outliers():
-    drr = _drr()
+def test_degenerate_inputs_give_no_outliers(drr):
     assert not outlier_mask(drr, drr, np.zeros(drr.shape, bool)).any()      # empty pixel set
     assert not outlier_mask(np.ones_like(drr), drr, np.ones(drr.shape, bool)).any()   # flat frame

@@ -13,8 +13,6 @@ pytest.importorskip("spekpy")
 pytest.importorskip("xraydb")
 
 from calib.dicom import read_fluoro  # noqa: E402
-from calib.geometry import Intrinsics  # noqa: E402
-from runtime.synthetic.phantom import make_phantom  # noqa: E402
 from runtime.sim import (DisplayParams, SimConfig, SimulatorError, Spectrum, XraySimulator,  # noqa: E402
                          decompose_hu, gas_pocket, hu_bone, kwire, mass_attenuation, random_clutter,
                          to_display, tube_spectrum)
@@ -26,27 +24,22 @@ from runtime.sim.transmission import transmission  # noqa: E402
 from runtime.synthetic.frames import pa_pose, synthesize_frame  # noqa: E402
 from runtime.core.volume import Volume  # noqa: E402
 
-INTR = Intrinsics.perlove_plx118f(16)  # 64 x 64 at 3.19 mm
+# the phantom64 (64^3 at 3 mm, read-only) and detector64 (64 x 64 at 3.19 mm) fixtures: conftest.py
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+def sim(phantom64, detector64):
+    return XraySimulator(phantom64, detector64, SimConfig.clean())
 
 
 @pytest.fixture(scope="module")
-def sim(phantom):
-    return XraySimulator(phantom, INTR, SimConfig.clean())
-
-
-@pytest.fixture(scope="module")
-def slab_sim():
+def slab_sim(detector64):
     """A uniform 50 mm water slab much wider than the field."""
     hu = np.zeros((10, 48, 48), np.float32)
     A = np.diag([8.0, 8.0, 5.0, 1.0])
     A[:3, 3] = -np.array([8.0 * 23.5, 8.0 * 23.5, 5.0 * 4.5])
     vol = Volume.from_hu(hu, A)
-    return XraySimulator(vol, INTR, SimConfig.clean(collimation=Collimation("none"))), vol
+    return XraySimulator(vol, detector64, SimConfig.clean(collimation=Collimation("none"))), vol
 
 
 def _slab_pose(vol):
@@ -201,8 +194,8 @@ def test_noise_variance(slab_sim):
     assert var == pytest.approx(mean.mean() + 100.0, rel=0.08)
 
 
-def test_heel_and_collimator(sim, phantom):
-    T = pa_pose(phantom.centre)
+def test_heel_and_collimator(sim, phantom64):
+    T = pa_pose(phantom64.centre)
     cfg = sim.config.replace(heel=0.08, heel_axis_deg=90.0, collimation=Collimation("round", 0.4, transmission=0.02))
     f = sim.simulate(T, domain="counts", config=cfg)
     g = sim.simulate(T, domain="counts", config=cfg.replace(heel=0.0))
@@ -214,10 +207,10 @@ def test_heel_and_collimator(sim, phantom):
 
 
 # --------------------------------------------------------------------------------------------- simulator
-def test_mono_reference_matches_drr(sim, phantom):
-    T = pa_pose(phantom.centre)
+def test_mono_reference_matches_drr(sim, phantom64, detector64):
+    T = pa_pose(phantom64.centre)
     f = sim.simulate(T)
-    ref = synthesize_frame(phantom, INTR, T, i0=float("inf"), collimator=None).line_integrals
+    ref = synthesize_frame(phantom64, detector64, T, i0=float("inf"), collimator=None).line_integrals
     assert ref.max() > 1.0
     np.testing.assert_allclose(f.line_integrals_mono, ref, rtol=2e-4, atol=2e-4)
     # polychromatic log image: same structure, larger values (the beam is softer than 70 keV)
@@ -226,11 +219,11 @@ def test_mono_reference_matches_drr(sim, phantom):
     assert np.all(f.image[v] >= ref[v] - 1e-3)
 
 
-def test_physics_preset_frame(sim, phantom):
-    T = pa_pose(phantom.centre)
+def test_physics_preset_frame(sim, phantom64, detector64):
+    T = pa_pose(phantom64.centre)
     f = sim.simulate(T, rng=0, config=SimConfig.physics())
     assert f.image.shape == (64, 64) and f.image.dtype == np.float32 and np.isfinite(f.image).all()
-    assert f.valid.sum() > 2000 and f.intrinsics == INTR and np.allclose(f.pose, T)
+    assert f.valid.sum() > 2000 and f.intrinsics == detector64 and np.allclose(f.pose, T)
     assert np.corrcoef(f.image[f.valid], f.line_integrals_mono[f.valid])[0, 1] > 0.95
     again = sim.simulate(T, rng=0, config=SimConfig.physics())
     np.testing.assert_array_equal(f.image, again.image)  # deterministic given the seed
@@ -239,21 +232,21 @@ def test_physics_preset_frame(sim, phantom):
     assert np.all(d.image[~d.valid] == 0)
 
 
-def test_random_config_and_clutter(sim, phantom):
-    T = pa_pose(phantom.centre)
+def test_random_config_and_clutter(sim, phantom64):
+    T = pa_pose(phantom64.centre)
     cfg = SimConfig.randomize(np.random.default_rng(5))
     assert 60 <= cfg.kvp <= 110 and 1e3 <= cfg.dose <= 3e4
     assert SimConfig.randomize(np.random.default_rng(5)) == cfg
-    objs = random_clutter(np.random.default_rng(2), phantom)
-    assert objs == random_clutter(np.random.default_rng(2), phantom)
+    objs = random_clutter(np.random.default_rng(2), phantom64)
+    assert objs == random_clutter(np.random.default_rng(2), phantom64)
     assert {o.kind for o in objs} >= {"kwire", "gas", "ecg", "table"}
     f = sim.simulate(T, rng=1, objects=objs, config=cfg)
     assert np.isfinite(f.image).all()
 
 
-def test_objects_change_the_line_integrals(sim, phantom):
-    T = pa_pose(phantom.centre)
-    c = phantom.centre
+def test_objects_change_the_line_integrals(sim, phantom64):
+    T = pa_pose(phantom64.centre)
+    c = phantom64.centre
     base = sim.simulate(T)
     # K-wire across the central ray (camera x = patient right = -x LPS): a horizontal line through the centre
     wire = sim.simulate(T, objects=[kwire(c - [75.0, 0, 0], [1.0, 0, 0], length=150.0, diameter=2.0)])
@@ -282,12 +275,12 @@ def test_display_chain_monotone_and_quantised():
 
 # --------------------------------------------------------------------------------------------- DICOM
 @pytest.mark.parametrize("pir", ["LIN", "LOG", "DISP"])
-def test_dicom_round_trip(sim, phantom, tmp_path, pir):
-    T = pa_pose(phantom.centre)
+def test_dicom_round_trip(sim, phantom64, tmp_path, pir, detector64):
+    T = pa_pose(phantom64.centre)
     f = sim.simulate(T, rng=0, config=SimConfig.display() if pir == "DISP" else SimConfig.physics())
     w = f.to_dicom(tmp_path / f"{pir}.dcm", pir=pir)
     r = read_fluoro(w.path, i0=w.i0, log_scale=w.log_scale)
-    assert r.intrinsics == INTR and r.pixel_intensity_relationship == pir
+    assert r.intrinsics == detector64 and r.pixel_intensity_relationship == pir
     assert r.valid.sum() > 0.9 * f.valid.sum() and not (r.valid & ~f.valid).any()
     v = r.valid
     if pir == "DISP":
@@ -322,9 +315,9 @@ def test_distortion_moves_points_where_the_model_says():
     np.testing.assert_allclose(centroid, expect, atol=0.1)
 
 
-def test_distorted_frame_undistorts_back(sim, phantom):
+def test_distorted_frame_undistorts_back(sim, phantom64):
     D = _barrel(64, 64)
-    T = pa_pose(phantom.centre)
+    T = pa_pose(phantom64.centre)
     cfg = sim.config.replace(collimation=Collimation("none"))
     ideal = sim.simulate(T, config=cfg)
     raw = sim.simulate(T, config=cfg.replace(distortion=D))

@@ -192,8 +192,8 @@ def test_crop_and_resample_keep_geometry():
     assert np.allclose(r.data[[14, 17], [12, 5], [10, 20]], expect, atol=1e-6)
 
 
-def test_phantom_is_deterministic_and_spine_like():
-    a, b = make_phantom((64, 64, 64), (3.0, 3.0, 3.0)), make_phantom((64, 64, 64), (3.0, 3.0, 3.0))
+def test_phantom_is_deterministic_and_spine_like(phantom64):
+    a, b = phantom64, make_phantom((64, 64, 64), (3.0, 3.0, 3.0))   # the session's and a fresh one
     assert np.array_equal(a.data, b.data) and np.array_equal(a.mask, b.mask)
     assert set(np.unique(a.mask)) == {0, 1, 2, 3, 4, 5}
     # labels are ordered superior (L1) to inferior (L5) along +z (k)
@@ -206,11 +206,9 @@ def test_phantom_is_deterministic_and_spine_like():
     assert not np.allclose(a.data, a.data[:, :, ::-1])
 
 
-def test_binned_preserves_line_integrals_and_centres():
-    from runtime.synthetic.phantom import make_phantom
+def test_binned_preserves_line_integrals_and_centres(detector64):
     from runtime.projector.projector import Projector
     from runtime.synthetic.frames import pa_pose
-    from calib.geometry import Intrinsics
 
     vol = make_phantom(shape=(64, 64, 48), spacing=(1.5, 1.5, 2.5))
     b = vol.binned((2, 2, 1))
@@ -225,7 +223,7 @@ def test_binned_preserves_line_integrals_and_centres():
     odd = vol.binned((3, 3, 5))
     assert odd.shape == (-(-nk // 5), -(-nj // 3), -(-ni // 3)) and odd.mask.max() == vol.mask.max()
     # DRRs of the binned volume agree with the native one to the smoothing of the coarser grid
-    intr = Intrinsics.perlove_plx118f(16)
+    intr = detector64                                 # Intrinsics.perlove_plx118f(16): 64 x 64
     T = pa_pose(vol.centre)
     a = Projector(vol, intr, backend="cpu", mask=False).render(T).image
     c = Projector(b, intr, backend="cpu", mask=False).render(T).image

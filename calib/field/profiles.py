@@ -23,8 +23,11 @@ def profile_points(model: FieldModel, shape: tuple[int, int], ok: np.ndarray, re
     if model.circle is not None:
         cx, cy, r = model.circle
         th = arc_inside(model.circle, model.edges, shape, margin=room)
-        xs.append(cx + r * np.cos(th)); ys.append(cy + r * np.sin(th))
-        nxs.append(np.cos(th)); nys.append(np.sin(th)); parts.append(np.full(th.size, -1))
+        xs.append(cx + r * np.cos(th))
+        ys.append(cy + r * np.sin(th))
+        nxs.append(np.cos(th))
+        nys.append(np.sin(th))
+        parts.append(np.full(th.size, -1))
     left, right, top, bottom = model.edges
     for s, pos in enumerate(model.edges):
         if pos is None:
@@ -47,10 +50,12 @@ def profile_points(model: FieldModel, shape: tuple[int, int], ok: np.ndarray, re
         if model.circle is not None:
             cx, cy, r = model.circle
             keep &= np.hypot(px - cx, py - cy) <= r - room
-        nx = {0: -1.0, 1: 1.0}.get(s, 0.0)
-        ny = {2: -1.0, 3: 1.0}.get(s, 0.0)
-        xs.append(px[keep]); ys.append(py[keep])
-        nxs.append(np.full(int(keep.sum()), nx)); nys.append(np.full(int(keep.sum()), ny))
+        edge_nx = {0: -1.0, 1: 1.0}.get(s, 0.0)
+        edge_ny = {2: -1.0, 3: 1.0}.get(s, 0.0)
+        xs.append(px[keep])
+        ys.append(py[keep])
+        nxs.append(np.full(int(keep.sum()), edge_nx))
+        nys.append(np.full(int(keep.sum()), edge_ny))
         parts.append(np.full(int(keep.sum()), s))
     if not xs:
         e = np.zeros(0)
@@ -61,9 +66,9 @@ def profile_points(model: FieldModel, shape: tuple[int, int], ok: np.ndarray, re
     xi = np.clip(np.round(x).astype(int), 0, W - 1)
     yi = np.clip(np.round(y).astype(int), 0, H - 1)
     good = ok[yi, xi]
-    for s in (-reach, reach):
-        xi = np.clip(np.round(x + s * nx).astype(int), 0, W - 1)
-        yi = np.clip(np.round(y + s * ny).astype(int), 0, H - 1)
+    for step in (-reach, reach):
+        xi = np.clip(np.round(x + step * nx).astype(int), 0, W - 1)
+        yi = np.clip(np.round(y + step * ny).astype(int), 0, H - 1)
         good &= ok[yi, xi]
     return x[good], y[good], nx[good], ny[good], part[good]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from runtime.errors import SopiError
 from runtime.latency.measure import LatencyConfig, run_latency

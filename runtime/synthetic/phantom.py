@@ -98,7 +98,7 @@ def _anatomy() -> list[_Shape]:
         _Shape("ellcyl", (30.0, 40.0, 0.0), (14.0, 12.0, 1e4), 55.0),                 # paraspinal L
         _Shape("ellcyl", (-25.0, 5.0, -20.0), (11.0, 10.0, 70.0), 50.0),             # psoas R
         _Shape("ellcyl", (25.0, 5.0, -20.0), (11.0, 10.0, 70.0), 50.0),              # psoas L
-        _Shape("ellipsoid", (8.0, -8.0, 30.0), (9.0, 9.0, 40.0), 180.0),            # aorta, contrast-free calcified wall approx
+        _Shape("ellipsoid", (8.0, -8.0, 30.0), (9.0, 9.0, 40.0), 180.0),            # aorta (no contrast)
         _Shape("ellipsoid", (-42.0, -30.0, 25.0), (18.0, 12.0, 22.0), -900.0),       # bowel gas, patient right
         _Shape("ellipsoid", (-20.0, -40.0, -40.0), (10.0, 8.0, 12.0), -850.0),       # second gas pocket
         _Shape("ellipsoid", (45.0, -20.0, 55.0), (2.5, 2.5, 6.0), 2500.0),          # surgical clip, patient left
