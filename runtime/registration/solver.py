@@ -87,6 +87,33 @@ def lm_step(J: np.ndarray, r: np.ndarray, lam: float, max_step: float | None = N
     return delta, float(pred)
 
 
+def _first_evaluation(evaluate: Callable, x0: Any, initial: tuple | None, opt: LMOptions, history: list
+                      ) -> LMResult | tuple[np.ndarray, np.ndarray, float, int]:
+    """(r, J, cost, evaluations spent) at ``x0``, or the "failed" result when it cannot be evaluated."""
+    if initial is None:
+        try:
+            r, J, cost = evaluate(x0)
+        except StepRejected:
+            return LMResult(x0, math.inf, np.zeros(0), np.zeros((0, 0)), 1, "failed", opt.lambda0, history)
+        n_eval = 1
+    else:
+        r, J, cost = initial
+        n_eval = 0
+    if not math.isfinite(cost):
+        return LMResult(x0, math.inf, r, J, n_eval, "failed", opt.lambda0, history)
+    return r, J, cost, n_eval
+
+
+def _evaluate_step(evaluate: Callable, x_new: Any) -> tuple[Any, Any, float, Any]:
+    """(r, J, cost, ok) at a trial point; a rejected step (`StepRejected`) is not ok, cost inf."""
+    try:
+        r_new, J_new, cost_new = evaluate(x_new)
+        ok = math.isfinite(cost_new) and np.all(np.isfinite(J_new))
+    except StepRejected:
+        return None, None, math.inf, False
+    return r_new, J_new, cost_new, ok
+
+
 def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, float]],
                         x0: Any, update: Callable[[Any, np.ndarray], Any],
                         options: LMOptions | None = None,
@@ -100,17 +127,10 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
     """
     opt = options or LMOptions()
     history: list = []
-    if initial is None:
-        try:
-            r, J, cost = evaluate(x0)
-        except StepRejected:
-            return LMResult(x0, math.inf, np.zeros(0), np.zeros((0, 0)), 1, "failed", opt.lambda0, history)
-        n_eval = 1
-    else:
-        r, J, cost = initial
-        n_eval = 0
-    if not math.isfinite(cost):
-        return LMResult(x0, math.inf, r, J, n_eval, "failed", opt.lambda0, history)
+    start = _first_evaluation(evaluate, x0, initial, opt, history)
+    if isinstance(start, LMResult):
+        return start
+    r, J, cost, n_eval = start
     if on_evaluation is not None and n_eval:
         on_evaluation(x0, cost, True)
     history.append((x0, cost, True))
@@ -141,11 +161,7 @@ def levenberg_marquardt(evaluate: Callable[[Any], tuple[np.ndarray, np.ndarray, 
             break
         x_new = update(x, delta)
         n_eval += 1
-        try:
-            r_new, J_new, cost_new = evaluate(x_new)
-            ok = math.isfinite(cost_new) and np.all(np.isfinite(J_new))
-        except StepRejected:
-            ok, cost_new = False, math.inf
+        r_new, J_new, cost_new, ok = _evaluate_step(evaluate, x_new)
         accepted = ok and cost_new < cost
         history.append((x_new, cost_new, accepted))
         if on_evaluation is not None:
