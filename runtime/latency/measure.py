@@ -1,7 +1,7 @@
 """Latency profile of registration: where every millisecond of a `Registrar.register` call goes.
 
 Integrators run this on their own workstation to show that registration fits the operating-room
-budget (``sopi-latency`` or ``python tools/latency.py`` from a checkout)::
+budget (``sopi-latency`` or ``python -m tools.latency`` from a checkout)::
 
     from runtime.latency.measure import LatencyConfig, run_latency
     report = run_latency(LatencyConfig(synthetic=20, sizes=(128, 256), budget_ms=500))  # ct=None: phantom
