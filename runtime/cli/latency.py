@@ -8,6 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from runtime.cli.register import positive_float
 from runtime.errors import SopiError
 from runtime.latency.measure import LatencyConfig, run_latency
 
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="N frames synthesised at random poses near a PA reference (default 20, cycled)")
     p.add_argument("--bundle", help="bundle folder (manifest.json + networks)")
     p.add_argument("--backend", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--budget-ms", type=float, default=500.0,
-                   help="deadline per frame in ms (default 500; 0 = none, run to convergence)")
+    p.add_argument("--budget-ms", type=positive_float, default=500.0,
+                   help="deadline per frame in ms, > 0, or 'none' to run to convergence (default 500)")
     p.add_argument("--sizes", type=_parse_sizes, default=(128, 256),
                    help="square detector sizes for synthetic frames (default 128,256)")
     p.add_argument("--warm-frames", type=int, default=200, help="timed warm frames per size (default 200)")
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = LatencyConfig(ct=args.ct, mask=args.mask, frames_dir=args.frames, synthetic=args.synthetic,
                         bundle=args.bundle, backend=args.backend,
-                        budget_ms=args.budget_ms if args.budget_ms and args.budget_ms > 0 else None,
+                        budget_ms=args.budget_ms,
                         sizes=args.sizes, frames=args.warm_frames, warmup=args.warmup,
                         cold_start=not args.no_cold_start, overhead_frames=args.overhead_frames, seed=args.seed)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -68,14 +68,17 @@ def _sopi_params(T: np.ndarray, bundle_geometry=None, cube_affine=None) -> tuple
     return [float(x) for x in T_to_sopi(T, bundle_geometry, cube_affine)], "runtime.networks.sopi_params.T_to_sopi"
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+def positive_float(text: str) -> float | None:
+    """argparse type of ``--budget-ms``: a finite number > 0, or "none" (no deadline); the same
+    rule as `Registrar(budget_ms=...)` (`runtime.registration.timing.check_budget_ms`)."""
+    if text.strip().lower() == "none":
+        return None
     try:
         x = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (0 < x < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number of ms > 0 (or 'none'), got {text}")
     return x
 
 

@@ -61,7 +61,7 @@ from runtime.registration.options import RegistrarOptions, with_overrides
 from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, RegistrationResult
 from runtime.registration.similarity import prepare_similarity
-from runtime.registration.timing import CallClock
+from runtime.registration.timing import CallClock, check_budget_ms
 from runtime.registration.working import WorkingVolumes
 
 __all__ = ["Registrar", "RegistrarOptions"]
@@ -127,7 +127,7 @@ class Registrar:
         self.volume = volume
         self.intrinsics = intrinsics
         self.bundle = bundle
-        self.budget_ms = None if budget_ms is None else float(budget_ms)
+        self.budget_ms = check_budget_ms(budget_ms)
         self.profile = bool(profile)
         self.has_mask = mask_arr is not None
         self.working = WorkingVolumes(volume, mask_arr, backend=backend, step_mm=step_mm,
@@ -191,7 +191,7 @@ class Registrar:
             budget_ms: overrides the constructor's budget for this call.
         """
         with self._lock:
-            return self._register(frame, init, self.budget_ms if budget_ms is None else float(budget_ms))
+            return self._register(frame, init, self.budget_ms if budget_ms is None else check_budget_ms(budget_ms))
 
     def track(self, frames: Iterable[Any], init: Any = None, budget_ms: float | None = None
               ) -> list[RegistrationResult]:

@@ -7,10 +7,27 @@ record per iteration, in the public timings contract (design, "The refinement lo
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from typing import Any
 
-__all__ = ["CallClock"]
+from runtime.errors import RegistrationError
+
+__all__ = ["CallClock", "check_budget_ms"]
+
+
+def check_budget_ms(value: Any, name: str = "budget_ms") -> float | None:
+    """A deadline in ms as everything in sopi takes it: None (no deadline) or a finite number > 0.
+    Not a number: `TypeError` naming the argument; NaN, inf, 0 or negative: `RegistrationError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of milliseconds or None, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise RegistrationError(f"{name} must be a finite number of milliseconds > 0 (None: no deadline), got {v}")
+    return v
 
 
 class CallClock:
