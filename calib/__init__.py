@@ -16,11 +16,16 @@ from calib.errors import (
     CalibrationError,
     DicomGeometryError,
     DicomIntensityError,
+    DicomArgumentTypeError,
     DicomReadError,
+    DicomSizeError,
+    DicomSOPClassError,
     IntrinsicsError,
+    LimitsError,
     SopiError,
 )
 from calib.geometry import Intrinsics
+from calib.limits import Limits
 from calib.frame import FluoroFrame
 from calib.dicom import intrinsics_from_dataset, iter_fluoro, read_fluoro
 from calib.field import FieldEstimate, detect_field
@@ -39,6 +44,11 @@ __all__ = [
     "DicomIntensityError",
     "DicomReadError",
     "IntrinsicsError",
+    "DicomArgumentTypeError",
+    "DicomSOPClassError",
+    "DicomSizeError",
+    "LimitsError",
+    "Limits",
     "FluoroFrame",
     "read_fluoro",
     "iter_fluoro",

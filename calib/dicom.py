@@ -10,7 +10,11 @@ Conventions (see docs/dicom.md and the design):
 * Field of View Rotation / Horizontal Flip are undone (un-flip, then rotate back): the result is
   the physical detector as seen from the source; ``mirrored=True`` when a flip was undone (from the
   tags, or because a calibration file says the device stores mirrored frames);
-* every pydicom exception becomes a `DicomReadError` (or a more specific calib error).
+* every pydicom exception becomes a `DicomReadError` (or a more specific calib error);
+* only X-ray projection SOP classes (`SOP_CLASSES`) are frames: CT, MR, US, Secondary Capture, NM,
+  PET, RT, ... raise `DicomSOPClassError` unless ``allow_non_projection=True`` (tests);
+* Rows, Columns and Number of Frames are checked against `calib.limits.Limits` before any pixel is
+  decoded (`DicomSizeError`), and frames are decoded one at a time from the file.
 """
 
 from __future__ import annotations
@@ -18,18 +22,20 @@ from __future__ import annotations
 import math
 import os
 import warnings as _warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from calib.errors import CalibError, DicomGeometryError, DicomIntensityError, DicomReadError, IntrinsicsError
+from calib.errors import (CalibError, DicomArgumentTypeError, DicomGeometryError, DicomIntensityError,
+                          DicomReadError, DicomSizeError, DicomSOPClassError, IntrinsicsError)
 from calib.frame import FluoroFrame
 from calib.geometry import Intrinsics
 from calib.intensity import IntensityModel, to_line_integrals
-from calib.tags import (as_float, as_floats, as_str, format_values, lookup, lookup_float, lookup_floats,
-                         lookup_str)
+from calib.limits import Limits, frame_size_problem, resolve_limits
+from calib.tags import (as_float, as_floats, as_str, check_int, format_values, lookup, lookup_float,
+                        lookup_floats, lookup_str, short_repr)
 
 __all__ = ["read_fluoro", "iter_fluoro", "intrinsics_from_dataset", "SOP_CLASSES", "open_dataset"]
 
@@ -42,7 +48,17 @@ SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "DX",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "DXProcessing",
     "1.2.840.10008.5.1.4.1.1.1": "CR",
+    "1.2.840.10008.5.1.4.1.1.1.2": "MG",
+    "1.2.840.10008.5.1.4.1.1.1.2.1": "MGProcessing",
+    "1.2.840.10008.5.1.4.1.1.1.3": "IO",
+    "1.2.840.10008.5.1.4.1.1.1.3.1": "IOProcessing",
+    "1.2.840.10008.5.1.4.1.1.13.1.4": "BreastProjection",
+    "1.2.840.10008.5.1.4.1.1.13.1.5": "BreastProjectionProcessing",
 }
+"""The X-ray projection SOP classes `read_fluoro` accepts (UID -> short name); anything else is refused
+with `DicomSOPClassError` unless ``allow_non_projection=True``."""
+_ACCEPTED = ("XA, Enhanced XA, XA Bi-plane, XRF (RF), Enhanced XRF, CR, DX / MG / intra-oral (IO) / breast "
+             "projection For Presentation and For Processing")
 _FLUORO = {"XA", "XRF", "EnhancedXA", "EnhancedXRF", "XABiplane"}
 
 _PLUGIN_HINTS = {
@@ -64,8 +80,7 @@ def open_dataset(src: Any) -> tuple[Any, str | None]:
 
     if isinstance(src, Dataset):
         return src, getattr(src, "filename", None) if isinstance(getattr(src, "filename", None), str) else None
-    if not isinstance(src, (str, os.PathLike)):
-        raise DicomReadError(f"expected a path or a pydicom Dataset, got {type(src).__name__}")
+    _check_source(src, "src")
     path = Path(src)
     if not path.is_file():
         raise DicomReadError(f"{path}: no such file")
@@ -80,17 +95,105 @@ def open_dataset(src: Any) -> tuple[Any, str | None]:
     return ds, str(path)
 
 
+def _check_source(src: Any, argument: str) -> None:
+    """`DicomArgumentTypeError` (a TypeError) unless ``src`` is a str / os.PathLike path or a Dataset."""
+    from pydicom.dataset import Dataset
+
+    if isinstance(src, Dataset):
+        return
+    if isinstance(src, str) or (isinstance(src, os.PathLike) and isinstance(os.fspath(src), str)):
+        if not str(src).strip():
+            raise DicomReadError(f"{argument}: empty path")
+        return
+    raise DicomArgumentTypeError(f"{argument} must be a path (str or os.PathLike) or a pydicom Dataset, "
+                                 f"got {type(src).__name__}")
+
+
+# --------------------------------------------------------------------------------------------- classes
+def _sop_uid(ds: Any) -> str:
+    """SOP Class UID (0008,0016), else the file meta's Media Storage SOP Class UID, else ""."""
+    uid = as_str(ds.get("SOPClassUID", ""))
+    if not uid:
+        meta = getattr(ds, "file_meta", None)
+        uid = as_str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return uid
+
+
+def _sop_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    try:
+        name = UID(uid).name
+    except Exception:
+        name = uid
+    return name if name and name != uid else "unknown SOP class"
+
+
+def _check_sop_class(ds: Any, name: str, allow_non_projection: bool) -> None:
+    """`DicomSOPClassError` unless the object is an X-ray projection (or ``allow_non_projection``)."""
+    uid = _sop_uid(ds)
+    if uid in SOP_CLASSES or allow_non_projection:
+        return
+    shown = uid if len(uid) <= 80 else uid[:77] + "..."
+    what = f"SOP Class '{_sop_name(uid)}' ({shown})" if uid else "SOP Class UID (0008,0016) is absent: the object"
+    raise DicomSOPClassError(f"{name}: {what} is not an X-ray projection image and cannot be used as a "
+                             f"fluoroscopy frame; accepted: {_ACCEPTED} (pass allow_non_projection=True to "
+                             "read it anyway, e.g. in tests)")
+
+
 # --------------------------------------------------------------------------------------------- frames
-def _n_frames(ds: Any) -> int:
+def _header_int(ds: Any, keyword: str, tag: str, name: str, *, default: int | None = None) -> int:
+    """A positive integer header value (Rows, Columns, Number of Frames); `DicomReadError` otherwise."""
+    value, problem = check_int(ds, keyword, minimum=1, default=default)
+    if value is None:
+        raise DicomReadError(f"{name}: {tag}: {problem}")
+    return value
+
+
+def _n_frames(ds: Any, name: str = "<dataset>") -> int:
     if "NumberOfFrames" not in ds:
         return 1
-    try:
-        n = int(ds.NumberOfFrames)
-    except (TypeError, ValueError):
-        raise DicomReadError(f"Number of Frames (0028,0008) = {ds.get('NumberOfFrames')!r} is not an integer") from None
-    if n < 1:
-        raise DicomReadError(f"Number of Frames (0028,0008) = {n}: the object holds no frame")
+    value, problem = check_int(ds, "NumberOfFrames", default=1)
+    if value is None:
+        raise DicomReadError(f"{name}: Number of Frames (0028,0008) = {short_repr(ds.get('NumberOfFrames'))} "
+                             f"is not an integer ({problem})")
+    if value < 1:
+        raise DicomReadError(f"Number of Frames (0028,0008) = {value}: the object holds no frame")
+    return value
+
+
+def _check_size(ds: Any, name: str, limits: Limits) -> int:
+    """Number of frames, after checking Rows x Columns x Number of Frames against ``limits``."""
+    rows = _header_int(ds, "Rows", "Rows (0028,0010)", name)
+    cols = _header_int(ds, "Columns", "Columns (0028,0011)", name)
+    n = _n_frames(ds, name)
+    problem = frame_size_problem(rows, cols, n, limits)
+    if problem:
+        raise DicomSizeError(f"{name}: {problem}")
+    _check_pixel_length(ds, name, n * rows * cols)
     return n
+
+
+def _check_pixel_length(ds: Any, name: str, n_pixels: int) -> None:
+    """Uncompressed pixel data shorter than Number of Frames x Rows x Columns x Bits Allocated needs: a
+    `DicomReadError` before decoding (a file-based decoder would not check it). The length comes from
+    the element header: deferred pixel data is not read."""
+    from pydicom.uid import UID
+
+    ts = as_str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if not ts or UID(ts).is_encapsulated or "PixelData" not in ds:
+        return
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    value = getattr(elem, "value", None)
+    length = len(value) if isinstance(value, (bytes, bytearray)) else getattr(elem, "length", None)
+    bits, spp = ds.get("BitsAllocated"), ds.get("SamplesPerPixel", 1) or 1
+    if not isinstance(length, int) or length == 0xFFFFFFFF or not isinstance(bits, int) \
+            or not isinstance(spp, int):
+        return
+    needed = -(-n_pixels * spp * bits // 8)
+    if length < needed:
+        raise DicomReadError(f"{name}: Pixel Data (7FE0,0010) holds {length:,} bytes but Number of Frames x Rows x "
+                             f"Columns x Bits Allocated need {needed:,}: truncated, or a wrong Number of Frames")
 
 
 def _check_pixels(ds: Any, name: str) -> None:
@@ -106,14 +209,17 @@ def _check_pixels(ds: Any, name: str) -> None:
             raise DicomReadError(f"{name}: missing {kw}; cannot decode the pixels")
 
 
-def _decode_frame(ds: Any, path: str | None, frame: int) -> np.ndarray:
+def _decode_frame(ds: Any, path: str | None, frame: int, from_file: bool = False) -> np.ndarray:
+    """One frame. ``from_file``: decode it from ``path`` (only that frame is read) rather than from the
+    dataset (which loads the whole pixel data element); only when the caller passed a path, so that a
+    Dataset changed in memory is decoded as it is."""
     from pydicom.pixels import pixel_array
 
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=frame)
+            arr = pixel_array(path if from_file and path is not None else ds, index=frame)
     except Exception as exc:
         hint = _PLUGIN_HINTS.get(ts)
         extra = (f"; decoder missing for {hint}"
@@ -127,8 +233,12 @@ def _decode_frame(ds: Any, path: str | None, frame: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- intensities
-def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str) -> tuple[np.ndarray, float, bool]:
-    """Apply the Modality LUT. Returns (values, vmax of the representable range, lut_applied)."""
+def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str,
+              warns: list[str] | None = None) -> tuple[np.ndarray, float, bool]:
+    """Apply the Modality LUT. Returns (values, vmax of the representable range, lut_applied).
+    Values that overflow (absurd Rescale Slope / Intercept) come back non-finite: `to_line_integrals`
+    marks them invalid."""
+    warns = [] if warns is None else warns
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
@@ -142,12 +252,26 @@ def _modality(ds: Any, frame: int, arr: np.ndarray, sop: str) -> tuple[np.ndarra
             return out, float(2 ** int(desc[2]) - 1), True
         except Exception as exc:
             raise DicomIntensityError(f"invalid Modality LUT Sequence: {exc}") from None
+    slope, icpt = _rescale(ds, frame, warns)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float64) * slope + icpt
+    return out, max(lo * slope + icpt, hi * slope + icpt), False
+
+
+def _rescale(ds: Any, frame: int, warns: list[str]) -> tuple[float, float]:
+    """(Rescale Slope, Rescale Intercept): 1 / 0 when absent; a zero or non-finite value is replaced (warned),
+    a negative slope kept (warned)."""
     slope = lookup_float(ds, frame, "RescaleSlope")
     icpt = lookup_float(ds, frame, "RescaleIntercept")
-    slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else slope
-    icpt = 0.0 if icpt is None or not math.isfinite(icpt) else icpt
-    out = arr.astype(np.float64) * slope + icpt
-    return out, max(lo * slope + icpt, hi * slope + icpt), False
+    if slope is not None and (not math.isfinite(slope) or slope == 0):
+        warns.append(f"Rescale Slope (0028,1053) = {slope!r} is not usable: 1 assumed")
+        slope = 1.0
+    elif slope is not None and slope < 0:
+        warns.append(f"Rescale Slope (0028,1053) = {slope:g} is negative (implausible for X-ray data): kept")
+    if icpt is not None and not math.isfinite(icpt):
+        warns.append(f"Rescale Intercept (0028,1052) = {icpt!r} is not finite: 0 assumed")
+        icpt = None
+    return (1.0 if slope is None else slope), (0.0 if icpt is None else icpt)
 
 
 def _intensity_model(ds: Any, frame: int, sop: str, lut_applied: bool, vmax: float,
@@ -251,7 +375,8 @@ def _detected_field(values: np.ndarray, model: IntensityModel, sop: str, valid: 
     # orient the values so that higher = more X-ray intensity; then the outside is dark ("counts")
     img = values if model.sign > 0 else -values
     known = sop in _FLUORO and model.relationship in ("LIN", "LOG")
-    est = detect_field(img, valid, domain="counts" if known else "auto")
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd rescale values: handled by the log step
+        est = detect_field(img, valid & np.isfinite(img), domain="counts" if known else "auto")
     if est.kind == "none":
         return valid
     warns.append("no shutter/collimator tags: collimated field detected from the pixels "
@@ -381,10 +506,17 @@ def _principal_point(ds: Any, frame: int, spacing: list[float], rot: int, shape:
 def intrinsics_from_dataset(src: Any, frame: int = 0) -> Intrinsics:
     """Intrinsics of a DICOM object's (oriented) frame from its tags; `DicomGeometryError` if impossible."""
     ds, path = open_dataset(src)
+    name = path or "<dataset>"
     warns: list[str] = []
-    rot, _ = _orientation(ds, frame, warns)
-    shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-    K, problems, _ = _geometry(ds, frame, shape, rot, warns)
+    try:
+        rot, _ = _orientation(ds, frame, warns)
+        shape = (_header_int(ds, "Rows", "Rows (0028,0010)", name),
+                 _header_int(ds, "Columns", "Columns (0028,0011)", name))
+        K, problems, _ = _geometry(ds, frame, shape, rot, warns)
+    except CalibError:
+        raise
+    except Exception as exc:  # malformed content: never a bare pydicom exception
+        raise DicomReadError(f"{name}: malformed object ({type(exc).__name__}: {exc})") from None
     if K is None:
         raise DicomGeometryError(f"{path or '<dataset>'}: cannot derive intrinsics: " + "; ".join(problems))
     return K
@@ -419,7 +551,7 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
                  log_scale: float | None, detect_field: bool = True) -> FluoroFrame:
     warns: list[str] = []
     name = path or "<dataset>"
-    sop_uid = as_str(ds.get("SOPClassUID", ""))
+    sop_uid = _sop_uid(ds)
     sop = SOP_CLASSES.get(sop_uid, "")
     if not sop:
         warns.append(f"SOP Class {sop_uid or '(absent)'} is not an X-ray projection class; read as one")
@@ -427,7 +559,7 @@ def _build_frame(ds: Any, path: str | None, frame: int, n: int, arr: np.ndarray,
         warns.append("DX For Presentation: pixel values may be display-processed (unsharp masking, "
                      "non-linear tone scale); line integrals are approximate - prefer For Processing objects")
     stored_shape = arr.shape
-    values, vmax, lut = _modality(ds, frame, arr, sop)
+    values, vmax, lut = _modality(ds, frame, arr, sop, warns)
     model = _intensity_model(ds, frame, sop, lut, vmax, warns)
     stored_valid = _valid_mask(ds, frame, stored_shape, warns)
     if detect_field and not _has_shutter_tags(ds, frame):
@@ -498,25 +630,43 @@ def _frame_intrinsics(name: str, size: tuple[int, int], K_tags: Intrinsics | Non
     return K, k_source
 
 
-def _open_for_frames(src: Any, calibration: Any) -> tuple[Any, Any, str | None, int]:
-    """(loaded calibration or None, dataset, path, number of frames); checks the pixel data."""
+def _open_for_frames(src: Any, calibration: Any, allow_non_projection: bool,
+                     limits: Limits | None) -> tuple[Any, Any, str | None, int]:
+    """(loaded calibration or None, dataset, path, number of frames); checks the SOP class, the pixel
+    data and the declared sizes (before any pixel is read)."""
+    limits = resolve_limits(limits)
     if calibration is not None and not hasattr(calibration, "intrinsics"):
         from calib.calibration import load_calibration
 
         calibration = load_calibration(calibration)
     ds, path = open_dataset(src)
+    name = path or "<dataset>"
     try:
-        _check_pixels(ds, path or "<dataset>")
-        return calibration, ds, path, _n_frames(ds)
+        _check_sop_class(ds, name, allow_non_projection)
+        _check_pixels(ds, name)
+        return calibration, ds, path, _check_size(ds, name, limits)
     except CalibError:
         raise
     except Exception as exc:  # malformed content: never a bare pydicom exception
-        raise DicomReadError(f"{path or '<dataset>'}: malformed object ({type(exc).__name__}: {exc})") from None
+        raise DicomReadError(f"{name}: malformed object ({type(exc).__name__}: {exc})") from None
+
+
+def _frame_index(frame: Any, n: int, name: str) -> int:
+    idx = 0 if frame is None else frame
+    if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
+        raise DicomReadError(f"frame index must be an integer, got {short_repr(frame)}")
+    idx = int(idx)
+    if idx < 0:
+        idx += n
+    if not 0 <= idx < n:
+        raise DicomReadError(f"{name}: frame index {frame} out of range (object has {n} frame(s))")
+    return idx
 
 
 def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intrinsics | None = None,
                 calibration: Any = None, *, i0: float | None = None,
-                log_scale: float | None = None, detect_field: bool = True) -> FluoroFrame:
+                log_scale: float | None = None, detect_field: bool = True,
+                allow_non_projection: bool = False, limits: Limits | None = None) -> FluoroFrame:
     """Read one frame of an X-ray projection DICOM object.
 
     ``frame``: 0-based index (None = first frame). ``intrinsics``: overrides the tags. ``calibration``: a
@@ -524,27 +674,27 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
     ``i0``: unattenuated intensity (default: 99.5th percentile of the valid pixels). ``log_scale``: modality
     units per natural-log unit for LOG data. ``detect_field``: when the object has no shutter /
     collimator tags, find the collimated field in the pixels (`calib.detect_field`) and mark the outside
-    invalid (recorded in ``warnings``); objects with such tags always use the tags. Raises
+    invalid (recorded in ``warnings``); objects with such tags always use the tags.
+    ``allow_non_projection``: read objects of other SOP classes (CT, Secondary Capture, ...) anyway, with
+    a warning (tests only: they are not projections). ``limits``: `calib.limits.Limits` on Rows, Columns
+    and Number of Frames (default: `Limits.from_env`). Raises `DicomArgumentTypeError` (a TypeError) for a
+    ``path_or_dataset`` that is neither a path nor a Dataset, `DicomSOPClassError`, `DicomSizeError`,
     `DicomReadError`, `DicomIntensityError`, `DicomGeometryError`; never a bare pydicom exception.
     """
-    calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration)
+    _check_source(path_or_dataset, "path_or_dataset")
+    calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration, allow_non_projection, limits)
     name = path or "<dataset>"
+    from_file = not _is_dataset(path_or_dataset)
     try:
-        idx = 0 if frame is None else frame
-        if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
-            raise DicomReadError(f"frame index must be an integer, got {frame!r}")
-        if idx < 0:
-            idx += n
-        if not 0 <= idx < n:
-            raise DicomReadError(f"{name}: frame index {frame} out of range (object has {n} frame(s))")
+        idx = _frame_index(frame, n, name)
         if intrinsics is None and calibration is None:  # fail before decoding a large frame
-            rot, _ = _orientation(ds, int(idx), [])
-            K, problems, _ = _geometry(ds, int(idx), (int(ds.Rows), int(ds.Columns)), rot, [])
+            rot, _ = _orientation(ds, idx, [])
+            K, problems, _ = _geometry(ds, idx, (int(ds.Rows), int(ds.Columns)), rot, [])
             if K is None:
                 raise DicomGeometryError(f"{name}: cannot derive intrinsics (pass intrinsics= or "
                                          "calibration=): " + "; ".join(problems))
-        arr = _decode_frame(ds, path, int(idx))
-        return _build_frame(ds, path, int(idx), n, arr, intrinsics=intrinsics, calibration=calibration,
+        arr = _decode_frame(ds, path, idx, from_file)
+        return _build_frame(ds, path, idx, n, arr, intrinsics=intrinsics, calibration=calibration,
                             i0=i0, log_scale=log_scale, detect_field=detect_field)
     except CalibError:
         raise
@@ -552,26 +702,57 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
         raise DicomReadError(f"{name}: malformed object ({type(exc).__name__}: {exc})") from None
 
 
+def _is_dataset(src: Any) -> bool:
+    from pydicom.dataset import Dataset
+
+    return isinstance(src, Dataset)
+
+
+def _frame_indices(frames: Any, n: int, name: str) -> Sequence[int]:
+    """The frames to yield: ``range(n)`` (no O(n) structure) or the given indices, checked."""
+    if frames is None:
+        return range(n)
+    out = []
+    for i in frames:
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            raise DicomReadError(f"frame index must be an integer, got {short_repr(i)}")
+        if not 0 <= int(i) < n:
+            raise DicomReadError(f"{name}: frame index {i} out of range (object has {n} frame(s))")
+        out.append(int(i))
+    return out
+
+
 def iter_fluoro(path_or_dataset: Any, intrinsics: Intrinsics | None = None, calibration: Any = None, *,
                 frames: Any = None, i0: float | None = None,
-                log_scale: float | None = None, detect_field: bool = True) -> Iterator[FluoroFrame]:
+                log_scale: float | None = None, detect_field: bool = True,
+                allow_non_projection: bool = False, limits: Limits | None = None) -> Iterator[FluoroFrame]:
     """Lazily yield `FluoroFrame`s of a (cine) multi-frame object, one decoded frame at a time.
 
     ``frames``: iterable of 0-based indices (default all). For a path, each frame is decoded from the
-    file on demand (pydicom ``iter_pixels``), so memory stays at one frame. ``detect_field``: as in
-    `read_fluoro` (per frame: the collimator may move during a run).
+    file on demand (pydicom ``iter_pixels``), so memory stays at one frame, and nothing of the size of
+    Number of Frames is built before the first frame. ``detect_field``, ``allow_non_projection``,
+    ``limits``: as in `read_fluoro` (field detection per frame: the collimator may move during a run).
+    The argument types are checked at the call (`DicomArgumentTypeError`); the file when iterating.
     """
+    _check_source(path_or_dataset, "path_or_dataset")
+    if frames is not None and (isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable)):
+        raise DicomArgumentTypeError(f"frames must be an iterable of frame indices or None, "
+                                     f"got {type(frames).__name__}")
+    return _iter_frames(path_or_dataset, intrinsics, calibration, frames=frames, i0=i0, log_scale=log_scale,
+                        detect_field=detect_field, allow_non_projection=allow_non_projection, limits=limits)
+
+
+def _iter_frames(src: Any, intrinsics: Intrinsics | None, calibration: Any, *, frames: Any,
+                 i0: float | None, log_scale: float | None, detect_field: bool, allow_non_projection: bool,
+                 limits: Limits | None) -> Iterator[FluoroFrame]:
     from pydicom.pixels import iter_pixels
 
-    calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration)
+    calibration, ds, path, n = _open_for_frames(src, calibration, allow_non_projection, limits)
     name = path or "<dataset>"
     try:
-        indices = list(range(n)) if frames is None else [int(i) for i in frames]
-        for i in indices:
-            if not 0 <= i < n:
-                raise DicomReadError(f"{name}: frame index {i} out of range (object has {n} frame(s))")
-        src = path if path is not None else ds
-        it = iter_pixels(src, indices=indices) if indices else iter(())
+        indices = _frame_indices(frames, n, name)
+        pixel_src = path if path is not None and not _is_dataset(src) else ds
+        it = iter_pixels(pixel_src, indices=indices) if len(indices) else iter(())
         for i in indices:
             try:
                 with _warnings.catch_warnings():

@@ -34,3 +34,23 @@ class DicomIntensityError(CalibError, ValueError):
 
 class CalibrationError(CalibError, ValueError):
     """Phantom calibration or distortion fitting failed, or a calibration file is invalid."""
+
+
+class DicomArgumentTypeError(DicomReadError, TypeError):
+    """`read_fluoro` / `iter_fluoro` got an argument of the wrong Python type (None or an int as the path,
+    ...): a `TypeError` raised at the entry, naming the argument (also a `DicomReadError`, as before)."""
+
+
+class DicomSOPClassError(DicomReadError):
+    """The object is not an X-ray projection image (CT, MR, US, Secondary Capture, NM, PET, RT, ...); the
+    message names its SOP Class and the accepted ones."""
+
+
+class DicomSizeError(DicomReadError):
+    """The header declares more frames / rows / columns than `calib.limits.Limits` allows; the message
+    says the limit, the requested size and how to raise it. Checked before anything is allocated."""
+
+
+class LimitsError(CalibError, ValueError):
+    """A resource limit setting (`calib.limits.Limits` field or ``SOPI_MAX_*`` environment variable) is
+    not a positive integer."""

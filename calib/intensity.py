@@ -26,6 +26,11 @@ The chain, in order (VOI LUT / window is display-only and is never applied):
    intensities, so that air is close to 0. Line integrals below 0 are clipped to 0; pixels whose
    linear intensity is not positive are impossible: they are marked invalid and set to the largest
    valid line integral (warned).
+5. Never a non-finite value marked valid: a line integral that is not finite, or beyond the float32
+   range of the result (an absurd Rescale Slope / Intercept or ``log_scale``), is marked invalid and
+   set like an impossible one (warned); when no pixel is left, `DicomIntensityError`. Valid line
+   integrals above `PLAUSIBLE_MAX_LINE_INTEGRAL` (a transmission below e^-1000) are kept, with a
+   warning naming the likely cause.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ import numpy as np
 
 from calib.errors import DicomIntensityError
 
-__all__ = ["IntensityModel", "to_line_integrals", "default_log_scale", "I0_PERCENTILE", "DEFAULT_LOG_DECADES"]
+__all__ = ["IntensityModel", "to_line_integrals", "default_log_scale", "I0_PERCENTILE", "DEFAULT_LOG_DECADES",
+           "PLAUSIBLE_MAX_LINE_INTEGRAL"]
 
 I0_PERCENTILE = 99.5
 DEFAULT_LOG_DECADES = 4.0
+PLAUSIBLE_MAX_LINE_INTEGRAL = 1000.0
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -93,6 +101,8 @@ def to_line_integrals(values: np.ndarray, model: IntensityModel, valid: np.ndarr
         valid &= finite
         v = np.where(finite, v, 0.0)
     if not valid.any():
+        if not finite.any():
+            raise DicomIntensityError("no finite pixel value (implausible Rescale Slope / Intercept or Modality LUT)")
         raise DicomIntensityError("no valid pixels left (shutters/collimator cover the whole image)")
     if model.effective == "LIN":
         lin = v if model.sign > 0 else (model.vmax - v)
@@ -121,13 +131,37 @@ def to_line_integrals(values: np.ndarray, model: IntensityModel, valid: np.ndarr
         s = v if model.sign > 0 else -v
         if i0 is None:
             i0 = float(np.percentile(s[valid], I0_PERCENTILE))
-        L = (i0 - s) / log_scale
+        if not math.isfinite(i0):
+            raise DicomIntensityError(f"I0 must be a finite log-domain value, got {i0!r}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            L = (i0 - s) / log_scale
         positive = np.ones(v.shape, bool)
     neg = valid & (L < 0)
     if neg.mean() > 0.05 if valid.any() else False:
         warns.append(f"{100 * neg.mean():.1f} % of the pixels are brighter than I0 (clipped to 0)")
     L = np.maximum(L, 0.0)
-    if (~positive).any():
-        fill = float(L[valid].max()) if valid.any() else 0.0
-        L = np.where(positive, L, fill)
+    valid, usable = _finite_only(L, valid, positive, warns)
+    if not usable.all():
+        L = np.where(usable, L, float(L[valid].max()))
     return L.astype(np.float32), valid, float(i0), warns
+
+
+def _finite_only(L: np.ndarray, valid: np.ndarray, positive: np.ndarray,
+                 warns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(valid without the non-finite line integrals, pixels whose value is kept). Non-finite values (or
+    beyond float32) are never valid; `DicomIntensityError` when no valid pixel is left."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(L) & (L <= _F32_MAX)
+    bad = valid & ~finite
+    if bad.any():
+        warns.append(f"{int(bad.sum())} pixels with a non-finite line integral (or beyond float32) marked "
+                     "invalid: implausible Rescale Slope / Intercept, I0 or log scale")
+        valid = valid & finite
+    if not valid.any():
+        raise DicomIntensityError("no pixel has a finite line integral: implausible Rescale Slope / Intercept, "
+                                  "I0 or log scale")
+    top = float(L[valid].max())
+    if top > PLAUSIBLE_MAX_LINE_INTEGRAL:
+        warns.append(f"line integrals up to {top:.3g} (a transmission below e^-{PLAUSIBLE_MAX_LINE_INTEGRAL:g}) "
+                     "are not physical: check Rescale Slope / Intercept and log_scale")
+    return valid, positive & finite

@@ -10,7 +10,9 @@ or ``""`` (text), and the caller decides what is an error (and raises its own er
 * `as_floats` / `as_float` / `as_str` / `format_values`: value conversions;
 * `lookup_floats` / `lookup_float` / `lookup_str`: `lookup` followed by the conversion;
 * `check_floats` / `require_floats`: exactly ``n`` finite numbers from a top-level attribute (e.g.
-  Image Position (Patient)), with the reason when they are not there.
+  Image Position (Patient)), with the reason when they are not there;
+* `check_int`: one integer from a top-level attribute (Rows, Number of Frames, ...), with the reason
+  when it is not there, multi-valued, not an integer or below a minimum.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["frame_items", "lookup", "as_floats", "as_float", "as_str", "format_values", "lookup_floats",
-           "lookup_float", "lookup_str", "check_floats", "require_floats"]
+           "lookup_float", "lookup_str", "check_floats", "require_floats", "check_int", "short_repr"]
 
 
 # --------------------------------------------------------------------------------------------- lookup
@@ -111,21 +113,90 @@ def check_floats(ds: Any, keyword: str, n: int) -> tuple[np.ndarray | None, str]
     """Exactly ``n`` finite numbers from the top-level attribute ``keyword`` (``n == 1``: a single value).
 
     Returns ``(float64 array of shape (n,), "")``, or ``(None, problem)`` where ``problem`` says why, for
-    the caller's own error: ``"missing {keyword}"``, ``"{keyword} is not numeric: {value!r}"`` or
-    ``"{keyword} must have {n} finite values, got {value!r}"``.
+    the caller's own error: ``"missing {keyword}"``, ``"{keyword} is not numeric: {value!r}"``,
+    ``"{keyword} must have {n} finite values, got {value!r}"`` or ``"{keyword} is unreadable (...)"``.
     """
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # a malformed raw element that pydicom cannot convert
+        return None, f"{keyword} is unreadable ({type(exc).__name__})"
     if value is None:
         return None, f"missing {keyword}"
     try:
         arr = np.array([float(v) for v in (value if n > 1 else [value])], dtype=np.float64)
     except (TypeError, ValueError):
-        return None, f"{keyword} is not numeric: {value!r}"
+        return None, f"{keyword} is not numeric: {short_repr(value, 80)}"
     if arr.size != n or not np.all(np.isfinite(arr)):
-        return None, f"{keyword} must have {n} finite values, got {value!r}"
+        return None, f"{keyword} must have {n} finite values, got {short_repr(value, 80)}"
     return arr, ""
 
 
 def require_floats(ds: Any, keyword: str, n: int) -> np.ndarray | None:
     """`check_floats` without the reason: the (n,) float64 array, or None when absent or invalid."""
     return check_floats(ds, keyword, n)[0]
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a mutated file may hold megabytes in one value)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_int(ds: Any, keyword: str, *, minimum: int | None = None,
+              default: int | None = None) -> tuple[int | None, str]:
+    """One integer from the top-level attribute ``keyword``.
+
+    Returns ``(value, "")``, or ``(None, problem)`` for the caller's own error: ``"missing {keyword}"``
+    (absent or empty and no ``default``), ``"{keyword} has N values, expected one: ..."``,
+    ``"{keyword} is not an integer: ..."`` or ``"{keyword} = v is below {minimum}"``. Integral floats
+    and numeric strings (``"12"``, ``"12.0"``) are accepted.
+    """
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # a malformed raw element that pydicom cannot convert
+        return None, f"{keyword} is unreadable ({type(exc).__name__})"
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return (default, "") if default is not None else (None, f"missing {keyword}")
+    n_values = _n_values(value)
+    if n_values is not None:
+        if n_values != 1:
+            return None, f"{keyword} has {n_values} values, expected one: {short_repr(value)}"
+        value = value[0]
+    number = _as_int(value)
+    if number is None:
+        return None, f"{keyword} is not an integer: {short_repr(value)}"
+    if minimum is not None and number < minimum:
+        return None, f"{keyword} = {number} is below {minimum}"
+    return number, ""
+
+
+def _n_values(value: Any) -> int | None:
+    """Number of values of a multi-valued element value; None for a single (scalar or text) value."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        return None
+    try:
+        return len(value)
+    except TypeError:  # 0-d numpy array
+        return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+        text = text.strip()
+        if len(text) > 40:  # no 4300-digit integers
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            f = float(text)
+            return int(f) if np.isfinite(f) and f.is_integer() else None
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None

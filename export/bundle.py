@@ -1,4 +1,5 @@
-"""Checkpoint(s) -> bundle folder: ONNX (+FP16) files, parity reports, manifest, optional engines."""
+"""Checkpoint(s) -> bundle folder: ONNX (+FP16) files, parity reports, manifest (+ manifest.sha256),
+optional engines, optional Ed25519 signature (manifest.sig; docs/security.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from models.rtpi import POSE_NAMES, RTPI_KINDS
 from models.rtpi_ps import PS_KIND
 from runtime import MU_WATER, SCHEMA_VERSION, SopiGeometry
 from runtime.networks.backends.onnxrt import OnnxRuntimeBackend
-from runtime.networks.bundle import MANIFEST, SCHEMA, sha256_file, write_manifest
+from runtime.networks.bundle import (MANIFEST, MANIFEST_DIGEST, MANIFEST_SIG, SCHEMA, load_private_key, sha256_file,
+                                     sign_bundle, write_manifest)
 
 SOPI_VERSION = "0.1.0"
 TEST_GEOMETRY = SopiGeometry.from_upstream(flag=4, volume_size=128, vol_spacing_mm=3.117188)
@@ -50,6 +52,9 @@ class ExportOptions:
     tolerance: float = 1e-4  # FP32 relative parity target
     tolerance_fp16: float = 2e-2  # FP16 vs FP32 torch
     threads: int | None = None  # ORT intra-op threads for parity
+    sign_key: Any = None  # Ed25519 private key (PEM bytes / text / file path, or key object): sign the
+    # bundle (manifest.sig) when parity passed; needs the `sign` extra (cryptography)
+    sign_password: bytes | None = None  # of an encrypted sign_key
 
 
 @dataclass
@@ -71,6 +76,7 @@ class ExportResult:
     manifest: dict[str, Any]
     parity: dict[str, dict[str, ParityReport]]
     engine_error: str | None = None
+    signed: bool = False  # manifest.sig written (sign_key given and parity passed)
 
     @property
     def passed(self) -> bool:
@@ -278,12 +284,13 @@ def _manifest(sources: list[dict], opts: ExportOptions, networks: dict[str, Any]
         "files": files, "export_seconds": round(time.perf_counter() - t_start, 1)}
 
 
-def _build_engines(result: ExportResult, say: Callable[[str], None]) -> None:
-    """TensorRT engines into the bundle; a failure is kept in result.engine_error."""
+def _build_engines(result: ExportResult, say: Callable[[str], None], priv: Any = None) -> None:
+    """TensorRT engines into the bundle (signed again with `priv` when given); a failure is kept
+    in result.engine_error."""
     from runtime import EngineBuildError, build_engines
 
     try:
-        build_engines(result.bundle_dir, progress=say)
+        build_engines(result.bundle_dir, progress=say, sign_key=priv)
         from runtime.networks.bundle import read_manifest
 
         result.manifest = read_manifest(result.bundle_dir)
@@ -298,10 +305,12 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
     opts = opts or ExportOptions()
     say = progress or (lambda m: None)
     t_start = time.perf_counter()
+    priv = load_private_key(opts.sign_key, opts.sign_password, "sign_key") if opts.sign_key is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).exists():
-        (out / MANIFEST).unlink()  # a half-written bundle must not look valid
+    for stale in (MANIFEST, MANIFEST_DIGEST, MANIFEST_SIG):  # a half-written bundle must not look valid
+        if (out / stale).exists() or (out / stale).is_symlink():
+            (out / stale).unlink()
     loaded, opts = _load_all(checkpoints, opts, say)
     sources, plans = _sources_and_plans(loaded, opts)
     files: dict[str, str] = {}
@@ -317,8 +326,14 @@ def export_bundle(checkpoints: list[str | Path], out_dir: str | Path,
     manifest = _manifest(sources, opts, networks, files, t_start)
     write_manifest(out, manifest)
     result = ExportResult(out, manifest, parity)
+    if priv is not None and result.passed:  # before the engines: a site key may already be configured
+        sign_bundle(out, priv)
+        result.signed = True
+        say(f"signed {out / MANIFEST_SIG}")
+    elif priv is not None:
+        say("bundle NOT signed: parity above tolerance")
     if opts.engine:
-        _build_engines(result, say)
+        _build_engines(result, say, priv if result.signed else None)
     return result
 
 

@@ -7,6 +7,7 @@ and after checking they are installed (else one `error:` line naming the extra, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -41,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", action="store_true",
                    help="build TensorRT engines now (needs TensorRT + GPU; same as sopi-build-engines; "
                         "default: off)")
+    p.add_argument("--sign-key", metavar="KEY.pem",
+                   help="Ed25519 private key (PEM) to sign the bundle with (manifest.sig) when parity passes; "
+                        "password, if any, from $SOPI_SIGN_KEY_PASSWORD; needs pip install -e '.[sign]' "
+                        "(default: unsigned; docs/security.md)")
     g = p.add_argument_group(
         "training geometry (recorded in the manifest)",
         paragraphs("none of these given: the geometry a sopi-train checkpoint records, else the "
@@ -74,15 +79,18 @@ def _geometry(a: argparse.Namespace):
                                       a.vol_spacing or 3.117188, a.det_size or 256)
 
 
-def _report(res) -> int:
+def _report(res, sign_requested: bool = False) -> int:
     """Parity table on stdout; the exit code."""
     for name, per in res.parity.items():
         for prec, r in per.items():
             print(f"{name}\t{prec}\tmax_rel={r.max_rel:.3e}\t{'PASS' if r.passed else 'FAIL'}")
     print(f"bundle: {res.bundle_dir}")
+    if res.signed:
+        print(f"signed: {res.bundle_dir / 'manifest.sig'}")
     if not res.passed:
         worst = max(r.max_rel for per in res.parity.values() for r in per.values())
-        error(f"parity above tolerance (max rel {worst:.3e}; see manifest.json 'parity')")
+        unsigned = "; bundle not signed" if sign_requested else ""
+        error(f"parity above tolerance (max rel {worst:.3e}; see manifest.json 'parity'){unsigned}")
         return EXIT_PARITY
     if res.engine_error:
         error(res.engine_error)
@@ -103,14 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     try:
+        password = os.environ.get("SOPI_SIGN_KEY_PASSWORD")
         opts = ExportOptions(opset=a.opset, fp16=a.fp16, engine=a.engine, geometry=_geometry(a),
                              rtpi_range_flag=a.range_flag, n_random=a.parity_random,
-                             realistic=not a.no_realistic, tolerance=a.tolerance, threads=a.threads)
+                             realistic=not a.no_realistic, tolerance=a.tolerance, threads=a.threads,
+                             sign_key=a.sign_key, sign_password=password.encode() if password else None)
         cks = [a.checkpoint] + ([a.checkpoint_2] if a.checkpoint_2 else [])
         res = export_bundle(cks, a.output, opts, say)
     except (SopiError, OSError, ValueError) as e:  # CheckpointError is a SopiError
         return error(e)
-    return _report(res)
+    return _report(res, a.sign_key is not None)
 
 
 if __name__ == "__main__":  # pragma: no cover

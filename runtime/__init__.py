@@ -13,6 +13,7 @@ from runtime.errors import (
     BundleError,
     BundleHashError,
     BundleSchemaError,
+    BundleSignatureError,
     CTLoadError,
     EngineBuildError,
     FrameMismatchError,
@@ -29,7 +30,7 @@ from runtime.projector import DeviceArray, Projector, Render
 from runtime.registration import (ConfidenceModel, Confidence, Registrar, RegistrarOptions, RegistrationResult,
                                   SimilarityKind, Status)
 from runtime.networks import (SCHEMA_VERSION, Bundle, LearnedOptions, SopiGeometry, T_to_sopi, build_engines,
-                              load_bundle, open_network, sopi_to_T)
+                              load_bundle, open_network, public_key_pem, sign_bundle, sopi_to_T)
 from runtime.synthetic import make_phantom
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "Confidence",
     "Bundle",
     "load_bundle",
+    "sign_bundle",
+    "public_key_pem",
     "SCHEMA_VERSION",
     "open_network",
     "build_engines",
@@ -76,5 +79,6 @@ __all__ = [
     "BundleError",
     "BundleHashError",
     "BundleSchemaError",
+    "BundleSignatureError",
     "EngineBuildError",
 ]

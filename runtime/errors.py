@@ -3,11 +3,14 @@
 The whole tree (`SopiError` is defined once, in `calib.errors`, the bottom layer):
 
     SopiError
-    +-- calib.CalibError            IntrinsicsError, DicomReadError, DicomGeometryError,
-    |                               DicomIntensityError, CalibrationError
-    +-- runtime.SopiRuntimeError    VolumeError > CTLoadError, PoseError, ProjectorError,
+    +-- calib.CalibError            IntrinsicsError, DicomReadError > (DicomArgumentTypeError,
+    |                               DicomSOPClassError, DicomSizeError), DicomGeometryError,
+    |                               DicomIntensityError, CalibrationError, LimitsError
+    +-- runtime.SopiRuntimeError    VolumeError > CTLoadError > (CTSizeError, CTArgumentTypeError),
+    |                               PoseError, ProjectorError,
     |                               RegistrationError > FrameMismatchError,
     |                               BundleError > BundleHashError, BundleSchemaError,
+    |                                 BundleSignatureError,
     |                               BackendUnavailableError, EngineBuildError,
     |                               runtime.sim.SimulatorError
     +-- models.ModelsError          CheckpointError
@@ -15,7 +18,9 @@ The whole tree (`SopiError` is defined once, in `calib.errors`, the bottom layer
 Built-in mixins, one rule: an error about the *input* (a file's contents, a tag, a manifest, a
 frame, a pose, an argument's value) is also a `ValueError`; an error saying *this machine cannot
 do it* (no GPU, no TensorRT, an engine build failed) is also a `RuntimeError`. The package bases
-and `SimulatorError` (missing extra or invalid configuration) are neither.
+and `SimulatorError` (missing extra or invalid configuration) are neither. An argument of the wrong
+Python type at a reader's entry (None or an int as a path) is also a `TypeError`
+(`DicomArgumentTypeError`, `CTArgumentTypeError`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ __all__ = [
     "SopiRuntimeError",
     "VolumeError",
     "CTLoadError",
+    "CTSizeError",
+    "CTArgumentTypeError",
     "PoseError",
     "ProjectorError",
     "BackendUnavailableError",
@@ -35,6 +42,7 @@ __all__ = [
     "BundleError",
     "BundleHashError",
     "BundleSchemaError",
+    "BundleSignatureError",
     "EngineBuildError",
 ]
 
@@ -49,6 +57,16 @@ class VolumeError(SopiRuntimeError, ValueError):
 
 class CTLoadError(VolumeError):
     """A CT could not be loaded from a path; the message names the file and the problem."""
+
+
+class CTSizeError(CTLoadError):
+    """A CT / mask header declares more voxels than `calib.limits.Limits` allows; the message says the
+    limit, the requested size and how to raise it. Checked before anything is allocated."""
+
+
+class CTArgumentTypeError(CTLoadError, TypeError):
+    """`load_ct` / `load_mask` got an argument of the wrong Python type (None, an int or bytes as the path,
+    ...): a `TypeError` raised at the entry, naming the argument (also a `CTLoadError`)."""
 
 
 class PoseError(SopiRuntimeError, ValueError):
@@ -81,6 +99,11 @@ class BundleHashError(BundleError):
 
 class BundleSchemaError(BundleError):
     """The manifest's schema is unknown (e.g. written by a newer sopi)."""
+
+
+class BundleSignatureError(BundleError):
+    """A public key is configured and the bundle is unsigned, or its manifest.sig does not verify
+    (manifest changed after signing, or signed with another key)."""
 
 
 class EngineBuildError(SopiRuntimeError, RuntimeError):

@@ -8,6 +8,8 @@
   test that needs a modified volume builds its own or copies the arrays first.
 * ``virtual_clock``: a deterministic ``time.perf_counter`` for deadline/timing assertions
   (tests/virtual_clock.py).
+* Nothing is written outside the repository and pytest's temp dirs: ``SOPI_CACHE_DIR`` (compiled
+  CUDA kernels, default ``~/.cache/sopi``) points to a session temp dir unless already set.
 
 Helpers shared by several test files live in plain modules next to this one (``synthetic_volumes``,
 ``virtual_clock``, ``dicom_helpers``): pytest puts tests/ on ``sys.path``, so they are imported by
@@ -41,6 +43,22 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
     for it in gpu_items:
         it.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- self-contained
+@pytest.fixture(scope="session", autouse=True)
+def _sopi_cache_in_tmp(tmp_path_factory):
+    """Compiled CUDA kernels are cached under ``$SOPI_CACHE_DIR`` (default ``~/.cache/sopi``): a test
+    session writes nothing outside the repository and pytest's temp dirs, so unless the caller
+    chose a cache (CI may, to share it between runs) it goes to a session temp dir."""
+    import os
+
+    if os.environ.get("SOPI_CACHE_DIR"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOPI_CACHE_DIR", str(tmp_path_factory.mktemp("sopi_cache")))
+        yield
 
 
 # ----------------------------------------------------------------------------- shared data

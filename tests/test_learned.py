@@ -182,7 +182,8 @@ def test_bundle_without_rtpi_refuses_network_init(bundle_dir, setup, tmp_path):
     m = json.loads((dst / "manifest.json").read_text())
     del m["networks"]["rtpi"]
     m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("rtpi")}
-    (dst / "manifest.json").write_text(json.dumps(m))
+    from runtime.networks.bundle import write_manifest
+    write_manifest(dst, m)
     reg = Registrar(vol, intr, bundle=dst, backend="cpu")
     assert reg._networks.has_learned and not reg._networks.has_init
     with pytest.raises(RegistrationError, match="RTPI"):

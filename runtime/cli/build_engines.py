@@ -5,6 +5,7 @@ Exit codes: 0 built, 1 TensorRT/GPU unavailable or the build failed, 2 bad bundl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from runtime.errors import BundleError, EngineBuildError
@@ -23,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", action="append", choices=("fp32", "fp16"),
                    help="only these precisions (default: every ONNX graph in the bundle)")
     p.add_argument("--workspace-mb", type=int, default=4096, help="builder workspace (MiB)")
+    p.add_argument("--sign-key", metavar="KEY.pem",
+                   help="Ed25519 private key (PEM) to sign the bundle with after adding the engines "
+                        "(password, if any, from $SOPI_SIGN_KEY_PASSWORD; needs the 'sign' extra). "
+                        "Without it a previous signature is removed: sign the bundle again")
     a = p.parse_args(argv)
+    password = os.environ.get("SOPI_SIGN_KEY_PASSWORD")
     try:
         recs = build_engines(a.bundle, precisions=tuple(a.precision) if a.precision else None,
                              workspace_mb=a.workspace_mb,
-                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+                             progress=lambda m: print(m, file=sys.stderr, flush=True),
+                             sign_key=a.sign_key, sign_password=password.encode() if password else None)
     except EngineBuildError as e:
         print(f"sopi-build-engines: error: {e}", file=sys.stderr)
         return 1

@@ -77,9 +77,14 @@ class Volume:
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "affine", _check_affine(self.affine))
         if self.mask is not None:
-            m = np.asarray(self.mask)
+            try:
+                m = np.asarray(self.mask)
+            except (TypeError, ValueError) as exc:  # ragged nested lists, ...
+                raise VolumeError(f"mask must be a numeric array, got {type(self.mask).__name__} ({exc})") from None
             if m.shape != data.shape:
                 raise VolumeError(f"mask shape {m.shape} differs from volume shape {data.shape}")
+            if m.dtype.kind not in "biuf":
+                raise VolumeError(f"mask must be a numeric array of labels, got dtype {m.dtype}")
             if not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
                 if not np.all(np.isfinite(m)) or np.any(m != np.round(m)):
                     raise VolumeError("mask must hold integer labels")
@@ -92,7 +97,12 @@ class Volume:
     def from_hu(cls, hu: np.ndarray, affine: np.ndarray, mu_water: float = MU_WATER,
                 mask: np.ndarray | None = None) -> Volume:
         """Volume from Hounsfield units: mu = mu_water * (1 + HU/1000), clipped at 0."""
-        hu = np.asarray(hu)
+        try:
+            hu = np.asarray(hu)
+        except (TypeError, ValueError) as exc:
+            raise VolumeError(f"HU data must be a numeric array ({exc})") from None
+        if hu.dtype.kind not in "biuf":
+            raise VolumeError(f"HU data must be numeric, got dtype {hu.dtype}")
         if hu.ndim != 3:
             raise VolumeError(f"HU data must be 3-D (k, j, i), got shape {hu.shape}")
         if not np.all(np.isfinite(hu)):

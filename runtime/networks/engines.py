@@ -5,17 +5,26 @@ environments). 11.x is strongly typed only (no BuilderFlag.FP16): an "fp16" engi
 the bundle's FP16 ONNX graph (FP32 islands for normalisations/softmax); on 10.x the FP16 flag is
 set as well when it exists. Engines are keyed by ONNX sha256 + TensorRT version + GPU name +
 compute capability + precision and recorded (with their sha256) in the manifest.
+
+The ONNX graphs are parsed from the bytes `Bundle.read_file` verified; engines are written inside
+the bundle (never through a symlink) and listed under "files". Writing the manifest removes a
+signature (it no longer matches): pass `sign_key` to sign the bundle again. The TensorRT timing
+cache is machine state, not bundle content: it lives in ``$SOPI_CACHE_DIR/tensorrt`` (default
+``~/.cache/sopi/tensorrt``), never in the bundle folder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from runtime.networks.backends.tensorrt import GpuIdentity, gpu_identity
-from runtime.networks.bundle import Bundle, EngineRecord, load_bundle, sha256_file
+from runtime.networks.bundle import (Bundle, EngineRecord, load_bundle, load_private_key, sign_bundle,
+                                     write_bundle_file)
 from runtime.errors import BackendUnavailableError, EngineBuildError
 
 log = logging.getLogger("sopi.engines")
@@ -26,11 +35,19 @@ def engine_key(onnx_sha256: str, trt_version: str, gpu: GpuIdentity, precision: 
     return f"{onnx_sha256[:16]}_trt{trt_version}_{slug}_sm{gpu.compute_capability.replace('.', '')}_{precision}"
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, precision: str = "fp32",
+def timing_cache_dir() -> Path:
+    """Where TensorRT timing caches live: ``$SOPI_CACHE_DIR/tensorrt`` (default ~/.cache/sopi)."""
+    root = os.environ.get("SOPI_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "sopi") / "tensorrt"
+
+
+def build_engine(onnx_path: Path, engine_path: Path | None, *, precision: str = "fp32",
                  workspace_mb: int = 4096, timing_cache: Path | None = None,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 onnx_bytes: bytes | None = None) -> bytes:
     """ONNX -> serialized engine with an optimisation profile (min = opt = max: static shapes;
-    a shape given as (min, opt, max) gives a dynamic-batch profile)."""
+    a shape given as (min, opt, max) gives a dynamic-batch profile). Parses `onnx_bytes` when
+    given (`onnx_path` then only names it), writes `engine_path` when given; returns the plan."""
     from runtime.networks.backends.tensorrt import import_tensorrt  # noqa: PLC0415
 
     trt = import_tensorrt()
@@ -38,7 +55,8 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str = "fp32",
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch on 10.x; strongly typed always on 11.x
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    ok = parser.parse(onnx_bytes) if onnx_bytes is not None else parser.parse_from_file(str(onnx_path))
+    if not ok:
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}")
     config = builder.create_builder_config()
@@ -61,18 +79,25 @@ def build_engine(onnx_path: Path, engine_path: Path, *, precision: str = "fp32",
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build an engine ({precision})")
-    engine_path.write_bytes(bytes(plan))
+    data = bytes(plan)
+    if engine_path is not None:
+        engine_path.write_bytes(data)
     if cache is not None and timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return data
 
 
 def build_engines(bundle_dir: str | Path, *, precisions: tuple[str, ...] | None = None,
-                  workspace_mb: int = 4096, progress=None) -> list[EngineRecord]:
+                  workspace_mb: int = 4096, progress=None, sign_key: Any = None,
+                  sign_password: bytes | None = None) -> list[EngineRecord]:
     """Build an engine per network and precision present in the bundle; record them in the manifest.
 
+    sign_key: Ed25519 private key (PEM bytes / text / file, or key object) to sign the changed
+    bundle with; without it a previous signature is removed (the site must sign it again).
     Raises EngineBuildError (with what to do) where TensorRT or a GPU is absent.
     """
     say = progress or (lambda msg: None)
+    priv = load_private_key(sign_key, sign_password, "sign_key") if sign_key is not None else None
     try:
         from runtime.networks.backends.tensorrt import import_tensorrt  # noqa: PLC0415
 
@@ -83,8 +108,9 @@ def build_engines(bundle_dir: str | Path, *, precisions: tuple[str, ...] | None 
                                "machine with: sopi-build-engines <bundle>") from None
     bundle: Bundle = load_bundle(bundle_dir)
     root = bundle.root
-    (root / "engines").mkdir(exist_ok=True)
-    cache = root / "engines" / f"timing_trt{trt.__version__}_sm{gpu.compute_capability.replace('.', '')}.cache"
+    cache_dir = timing_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"timing_trt{trt.__version__}_sm{gpu.compute_capability.replace('.', '')}.cache"
     records = []
     for name, net in bundle.networks.items():
         shapes: dict = {t.name: t.shape for t in net.inputs}
@@ -102,17 +128,20 @@ def build_engines(bundle_dir: str | Path, *, precisions: tuple[str, ...] | None 
             eng_rel = f"engines/{name}_{key}.engine"
             t0 = time.perf_counter()
             say(f"building TensorRT engine {eng_rel} ...")
-            build_engine(root / rel, root / eng_rel, precision=prec, workspace_mb=workspace_mb,
-                         timing_cache=cache, input_shapes=shapes)
+            plan = build_engine(root / rel, None, precision=prec, workspace_mb=workspace_mb,
+                                timing_cache=cache, input_shapes=shapes, onnx_bytes=bundle.read_file(rel))
+            digest = write_bundle_file(root, eng_rel, plan)
             say(f"built {eng_rel} in {time.perf_counter() - t0:.1f} s")
             rec = EngineRecord(file=eng_rel, key=key, precision=prec, onnx_sha256=onnx_sha,
                                trt_version=trt.__version__, gpu_name=gpu.name,
-                               compute_capability=gpu.compute_capability,
-                               sha256=sha256_file(root / eng_rel))
+                               compute_capability=gpu.compute_capability, sha256=digest)
             entry = bundle.manifest["networks"][name].setdefault("engines", [])
             entry[:] = [e for e in entry if e.get("key") != key] + [rec.__dict__.copy()]
             bundle.manifest["files"][eng_rel] = rec.sha256
             records.append(rec)
     bundle.manifest["files"] = dict(bundle.manifest["files"])
     bundle.write_manifest()
+    if priv is not None:
+        sign_bundle(root, priv)
+        say(f"signed {root}")
     return records

@@ -60,12 +60,13 @@ from collections.abc import Callable
 import numpy as np
 
 from calib.geometry import Intrinsics
-from runtime.errors import BundleError, RegistrationError
+from runtime.errors import BundleError, BundleSignatureError, RegistrationError
 from runtime.core.pose import geodesic_distance
 from runtime.core.volume import Volume
 from runtime.networks.bundle import Bundle, load_bundle
 from runtime.networks.preprocess import (cube_direction, image_camera, level_masks, moving_projector, network_cube,
                                          network_image)
+from runtime.networks.signing import configured_public_key
 from runtime.networks.sopi_params import network_volume, sopi_to_T
 from runtime.projector.projector import Projector
 from runtime.registration.centred import param_jacobian, param_update
@@ -100,6 +101,11 @@ class LearnedOptions:
         intra_op_threads: ONNX Runtime threads (None: ORT default)
         max_batch: images per moving-encoder call (1 + 12 for central differences)
         learned_stage: False: use the bundle for init only (e.g. to compare pipelines)
+        bundle_public_key: the site's Ed25519 public key (PEM bytes / text, PEM file path or a
+            cryptography key; None: ``$SOPI_BUNDLE_PUBLIC_KEY`` if set). With a key, bundle
+            folders are loaded with ``load_bundle(folder, public_key=...)`` (unsigned or badly
+            signed: BundleSignatureError) and a `Bundle` passed in that was not loaded with a
+            verified signature (``bundle.signed`` False) is refused (docs/security.md)
     """
 
     fd_rel: float = 5e-5
@@ -116,16 +122,26 @@ class LearnedOptions:
     intra_op_threads: int | None = None
     max_batch: int = 13
     learned_stage: bool = True
+    bundle_public_key: Any = None
 
 
 # ------------------------------------------------------------------------------------- networks
-def _as_bundles(bundle: Any) -> list[Bundle]:
+def _as_bundles(bundle: Any, public_key: Any = None) -> list[Bundle]:
+    """Bundles from Bundle objects and / or folders. With a site key (`public_key`, else
+    $SOPI_BUNDLE_PUBLIC_KEY) folders must carry a valid signature and Bundle objects must have
+    been loaded with one (``signed``)."""
     raw = list(bundle) if isinstance(bundle, (list, tuple)) else [bundle]
-    bundles = [load_bundle(b) if isinstance(b, (str, Path)) else b for b in raw]
+    key = configured_public_key(public_key)  # None: no key configured, signatures not checked
+    bundles = [load_bundle(b, public_key=key) if isinstance(b, (str, Path)) else b for b in raw]
     for b in bundles:
         if not isinstance(b, Bundle):
             raise BundleError(f"bundle must be a runtime.Bundle or a bundle folder (or a list "
                               f"of them), got {type(b).__name__}")
+        if key is not None and not b.signed:
+            raise BundleSignatureError(
+                f"{b.root}: this site requires signed bundles (a bundle public key is configured) but this "
+                "Bundle is not signed-and-verified (bundle.signed is False); pass the bundle folder, or load "
+                "it with runtime.load_bundle(folder, public_key=...)")
     return bundles
 
 
@@ -134,9 +150,9 @@ class BundleNetworks:
 
     def __init__(self, bundle: Any, volume: Volume, mask: np.ndarray | None,
                  options: LearnedOptions | None = None, projector_backend: str = "cpu") -> None:
-        self.bundles = _as_bundles(bundle)
-        self.bundle = self.bundles[0]
         self.options = options or LearnedOptions()
+        self.bundles = _as_bundles(bundle, self.options.bundle_public_key)
+        self.bundle = self.bundles[0]
         self._assign_roles()
         # geometry: the encoders' for the learned stage, the RTPI's for init (they may differ)
         self.rtpi_geometry = self.rtpi_bundle.sopi_geometry() if self.has_init else None

@@ -3,7 +3,9 @@
 Every backend has `name`, `description`, `input_names`, `output_names`, `run(feeds) -> dict`
 (host numpy) and `run_device(...)` (device buffers; GPU only, UNVERIFIED here).
 `open_network` picks TensorRT when a matching engine and TensorRT exist, else ONNX Runtime (CUDA
-provider, then CPU), and logs which was chosen and why (also in `backend.reason`).
+provider, then CPU), and logs which was chosen and why (also in `backend.reason`). The graph or
+engine is loaded from the bytes `Bundle.read_file` returns: listed under the manifest's "files",
+inside the bundle folder (no symlink), sha256-checked on exactly those bytes.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def open_network(bundle, name: str, *, backend: str = "auto", precision: str = "
         if rec is not None:
             from runtime.networks.backends.tensorrt import TensorRTBackend
 
-            trt_b = TensorRTBackend(bundle.path(rec.file))
+            trt_b = TensorRTBackend(bundle.path(rec.file), engine_bytes=bundle.read_file(rec.file))
             trt_b.reason = f"TensorRT engine {rec.file} matches this GPU and TensorRT version"
             log.info("network %s: %s (%s)", name, trt_b.description, trt_b.reason)
             return trt_b
@@ -73,7 +75,8 @@ def open_network(bundle, name: str, *, backend: str = "auto", precision: str = "
             raise BackendUnavailableError(f"network {name!r}: TensorRT not usable: {why}")
         reason = f"TensorRT not used: {why}; "
     device = "cpu" if backend == "onnxruntime-cpu" else "auto"
-    b = OnnxRuntimeBackend(bundle.path(net.onnx[precision]), device=device,
+    rel = net.onnx[precision]
+    b = OnnxRuntimeBackend(bundle.path(rel), model_bytes=bundle.read_file(rel), device=device,
                            intra_op_threads=intra_op_threads)
     b.reason = reason + (f"ONNX Runtime on {b.providers[0]}" if device == "auto"
                          else "ONNX Runtime CPU requested")

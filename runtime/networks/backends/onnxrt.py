@@ -32,14 +32,17 @@ def available_providers() -> list[str]:
 
 class OnnxRuntimeBackend:
     """Runs one ONNX file with ONNX Runtime. `device`: "auto" (CUDA provider if present, else CPU),
-    "cuda" (error if absent) or "cpu"."""
+    "cuda" (error if absent) or "cpu". `model_bytes`: the graph's (already verified) bytes, loaded
+    instead of reading `onnx_path` again (the path then only names the model in messages); a graph
+    loaded from bytes cannot pull in external data files."""
 
     name = "onnxruntime"
     reason: str
     # why this backend was chosen (set by `runtime.networks.backends.open_network`)
 
     def __init__(self, onnx_path: str | Path, *, device: str = "auto",
-                 intra_op_threads: int | None = None, cuda_stream: int | None = None) -> None:
+                 intra_op_threads: int | None = None, cuda_stream: int | None = None,
+                 model_bytes: bytes | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
@@ -63,7 +66,8 @@ class OnnxRuntimeBackend:
             so.intra_op_num_threads = int(intra_op_threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+            model = bytes(model_bytes) if model_bytes is not None else str(self.path)
+            self.session = ort.InferenceSession(model, so, providers=providers)
         except Exception as e:
             raise BundleError(f"{self.path}: ONNX Runtime cannot load this model "
                               f"({type(e).__name__}: {str(e)[:300]}); the file may be truncated "

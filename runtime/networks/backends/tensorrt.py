@@ -62,19 +62,22 @@ def _check(err, what: str) -> None:
 
 
 class TensorRTBackend:
-    """Runs one serialized engine. Host arrays via run(); device pointers via run_device()."""
+    """Runs one serialized engine. Host arrays via run(); device pointers via run_device().
+    `engine_bytes`: the engine's (already verified) bytes, used instead of reading `engine_path`."""
 
     name = "tensorrt"
     reason: str
     # why this backend was chosen (set by `runtime.networks.backends.open_network`)
 
-    def __init__(self, engine_path: str | Path, *, stream: int | None = None) -> None:
+    def __init__(self, engine_path: str | Path, *, stream: int | None = None,
+                 engine_bytes: bytes | None = None) -> None:
         trt = import_tensorrt()
         self._cudart = _cudart()
         self.path = Path(engine_path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        data = engine_bytes if engine_bytes is not None else self.path.read_bytes()
+        self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise BundleError(f"{self.path}: TensorRT could not deserialize this engine (built for "
                               "another TensorRT version or GPU?); rebuild with sopi-build-engines")

@@ -1,0 +1,313 @@
+"""Resource limits (`calib.limits`): sizes declared by headers are checked before anything is allocated,
+the typed error says the limit, the requested size and how to raise it; `iter_fluoro` is lazy."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+import tracemalloc
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from calib import Intrinsics
+from calib.dicom import iter_fluoro, read_fluoro
+from calib.errors import DicomReadError, DicomSizeError, LimitsError
+from calib.limits import DEFAULT_LIMITS, Limits, ct_size_problem, frame_size_problem, resolve_limits
+from calib.writer import write_xa
+from runtime import load_ct, load_mask
+from runtime.errors import CTLoadError, CTSizeError
+
+K = Intrinsics.centred(1000.0, 0.5, 32, 24)
+ENV = ("SOPI_MAX_ROWS", "SOPI_MAX_COLUMNS", "SOPI_MAX_FRAMES", "SOPI_MAX_FRAME_PIXELS", "SOPI_MAX_OBJECT_PIXELS",
+       "SOPI_MAX_CT_VOXELS")
+
+
+@pytest.fixture(autouse=True)
+def _no_limit_env(monkeypatch):
+    for var in ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _frames(n=2, h=24, w=32):
+    j, i = np.mgrid[0:h, 0:w]
+    return np.stack([0.5 + 0.01 * i + 0.02 * j + 0.1 * k for k in range(n)])
+
+
+def _xa(tmp_path, n=2, name="xa.dcm"):
+    return write_xa(tmp_path / name, _frames(n), K, modality="RF")
+
+
+def _assert_says_how(msg, field, env):
+    assert field in msg and env in msg and "limit" in msg
+
+
+# --------------------------------------------------------------------------------------------- Limits
+def test_defaults_and_overrides(monkeypatch):
+    d = Limits()
+    assert d == DEFAULT_LIMITS
+    assert (d.max_rows, d.max_columns, d.max_frames) == (65536, 65536, 100_000)
+    assert d.max_frame_pixels == 2 ** 26 and d.max_object_pixels == 2 ** 32 and d.max_ct_voxels == 2 ** 29
+    assert d.replace(max_ct_voxels=2 ** 31).max_ct_voxels == 2 ** 31
+    assert resolve_limits(None) == d
+    monkeypatch.setenv("SOPI_MAX_CT_VOXELS", "1_000")
+    monkeypatch.setenv("SOPI_MAX_FRAMES", " 7 ")
+    env = resolve_limits(None)
+    assert env.max_ct_voxels == 1000 and env.max_frames == 7 and env.max_rows == 65536
+    mine = Limits(max_frames=3)
+    assert resolve_limits(mine) is mine  # an explicit Limits wins over the environment
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "10", None, True])
+def test_invalid_limit_values(bad):
+    with pytest.raises(LimitsError, match="positive integer"):
+        Limits(max_frames=bad)
+    assert isinstance(LimitsError("x"), ValueError)
+
+
+def test_invalid_env_and_fields(monkeypatch):
+    monkeypatch.setenv("SOPI_MAX_FRAMES", "lots")
+    with pytest.raises(LimitsError, match="SOPI_MAX_FRAMES"):
+        Limits.from_env()
+    monkeypatch.setenv("SOPI_MAX_FRAMES", "0")
+    with pytest.raises(LimitsError, match="positive"):
+        Limits.from_env()
+    with pytest.raises(LimitsError, match="unknown limit"):
+        Limits().replace(max_bananas=3)
+    with pytest.raises(LimitsError, match="Limits"):
+        resolve_limits({"max_frames": 3})
+
+
+def test_problem_messages():
+    assert frame_size_problem(1024, 1024, 1000, DEFAULT_LIMITS) is None
+    assert frame_size_problem(4300, 3500, 1, DEFAULT_LIMITS) is None          # a large DX detector
+    assert frame_size_problem(2048, 2048, 1000, DEFAULT_LIMITS) is None       # a long 2k cine run
+    msg = frame_size_problem(96, 128, 100_000_000, DEFAULT_LIMITS)
+    assert "100,000,000" in msg and "100,000" in msg
+    _assert_says_how(msg, "max_frames", "SOPI_MAX_FRAMES")
+    assert "max_frame_pixels" in frame_size_problem(60000, 60000, 1, DEFAULT_LIMITS)
+    assert "max_columns" in frame_size_problem(10, 70000, 1, DEFAULT_LIMITS)
+    assert "max_object_pixels" in frame_size_problem(4096, 4096, 1000, DEFAULT_LIMITS)
+    assert ct_size_problem((2048, 512, 512), DEFAULT_LIMITS) is None           # 1 mm whole body
+    msg = ct_size_problem((1024, 1024, 1024), DEFAULT_LIMITS)
+    assert "1,073,741,824" in msg and "536,870,912" in msg
+    _assert_says_how(msg, "max_ct_voxels", "SOPI_MAX_CT_VOXELS")
+
+
+# --------------------------------------------------------------------------------------------- X-ray
+def test_huge_number_of_frames_refused_before_allocating(tmp_path):
+    p = _xa(tmp_path)
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = "100000000"
+    ds.save_as(p)
+    assert p.stat().st_size < 60_000
+    t = time.perf_counter()
+    with pytest.raises(DicomSizeError) as e:
+        next(iter_fluoro(p))
+    assert time.perf_counter() - t < 2.0
+    _assert_says_how(str(e.value), "max_frames", "SOPI_MAX_FRAMES")
+    assert "100,000,000" in str(e.value) and str(p) in str(e.value)
+    with pytest.raises(DicomSizeError):
+        read_fluoro(p)
+    with pytest.raises(DicomSizeError):
+        read_fluoro(ds)  # a Dataset too
+    assert isinstance(e.value, DicomReadError) and isinstance(e.value, ValueError)
+
+
+def test_frames_under_the_limit_but_beyond_the_pixel_data(tmp_path):
+    p = _xa(tmp_path)
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = "99999"
+    ds.save_as(p)
+    with pytest.raises(DicomReadError, match="Pixel Data .* holds .* bytes"):
+        next(iter_fluoro(p))
+    with pytest.raises(DicomReadError, match="wrong Number of Frames"):
+        read_fluoro(p)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value")  # pydicom: > 65535 does not fit a US; in memory it does
+@pytest.mark.parametrize("rows,cols,field", [(65535, 65535, "max_frame_pixels"), (8, 70000, "max_columns"),
+                                             (70000, 8, "max_rows")])
+def test_huge_rows_columns(tmp_path, rows, cols, field):
+    ds = pydicom.dcmread(_xa(tmp_path))
+    ds.Rows, ds.Columns = rows, cols
+    with pytest.raises(DicomSizeError, match=field):
+        read_fluoro(ds)
+    with pytest.raises(DicomSizeError, match=field):
+        list(iter_fluoro(ds))
+
+
+def test_limits_argument_and_env(tmp_path, monkeypatch):
+    p = _xa(tmp_path, n=5)
+    with pytest.raises(DicomSizeError, match="max_frames"):
+        read_fluoro(p, limits=Limits(max_frames=4))
+    assert read_fluoro(p, limits=Limits(max_frames=5)).n_frames == 5
+    monkeypatch.setenv("SOPI_MAX_FRAME_PIXELS", "100")
+    with pytest.raises(DicomSizeError, match="SOPI_MAX_FRAME_PIXELS"):
+        read_fluoro(p)
+    assert len(list(iter_fluoro(p, limits=Limits()))) == 5  # an explicit Limits ignores the environment
+
+
+def test_iter_fluoro_is_lazy(tmp_path):
+    """Frame 1 of a 60 000-frame object comes without an O(Number of Frames) structure (a list of
+    60 000 ints alone is ~2 MB)."""
+    n, h, w = 60_000, 4, 4
+    p = write_xa(tmp_path / "long.dcm", np.full((2, h, w), 0.5), Intrinsics.centred(1000.0, 0.5, w, h),
+                 modality="RF")
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = str(n)
+    ds.PixelData = np.full((n, h, w), 1000, np.uint16).tobytes()
+    ds.save_as(p)
+    next(iter_fluoro(p, detect_field=False))  # imports and decoder set-up happen outside the trace
+    it = iter_fluoro(p, detect_field=False)
+    tracemalloc.start()
+    try:
+        first = next(it)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert first.frame_index == 0 and first.n_frames == n
+    assert peak < 1_000_000, peak
+    assert next(it).frame_index == 1
+    it.close()
+
+
+# --------------------------------------------------------------------------------------------- CT
+def _write_series(folder, n=4, rows=6, cols=5):
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"s{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, "1.2.3"
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelSpacing = ["0.5", "0.5"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.ImagePositionPatient = ["0", "0", f"{2.0 * k}"]
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.PixelData = np.full((rows, cols), 1024 + 10 * k, np.uint16).tobytes()
+        ds.save_as(folder / f"s{k:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_dicom_series_voxel_limit(tmp_path, monkeypatch):
+    folder = _write_series(tmp_path / "ct")
+    assert load_ct(folder).shape == (4, 6, 5)
+    with pytest.raises(CTSizeError) as e:
+        load_ct(folder, limits=Limits(max_ct_voxels=100))
+    msg = str(e.value)
+    assert "120" in msg and "100" in msg and "4 x 6 x 5" in msg
+    _assert_says_how(msg, "max_ct_voxels", "SOPI_MAX_CT_VOXELS")
+    assert isinstance(e.value, CTLoadError)
+    monkeypatch.setenv("SOPI_MAX_CT_VOXELS", "119")
+    with pytest.raises(CTSizeError):
+        load_ct(folder)
+    with pytest.raises(CTSizeError):
+        load_mask(folder)
+    monkeypatch.setenv("SOPI_MAX_CT_VOXELS", "120")
+    assert load_ct(folder).shape == (4, 6, 5)
+
+
+def test_dicom_series_size_checked_before_decoding(tmp_path, monkeypatch):
+    folder = _write_series(tmp_path / "ct")
+    import pydicom.pixels
+
+    def boom(*a, **k):
+        raise AssertionError("pixels decoded before the size check")
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", boom)
+    with pytest.raises(CTSizeError):
+        load_ct(folder, limits=Limits(max_ct_voxels=100))
+    for f in folder.iterdir():  # one slice claims a huge size: refused from its header
+        ds = pydicom.dcmread(f)
+        ds.Rows, ds.Columns = 60000, 60000
+        ds.save_as(f)
+    with pytest.raises(CTSizeError, match="max_frame_pixels"):
+        load_ct(folder)
+
+
+def _nifti_with_dims(path, dims, compress=False):
+    """A small NIfTI (4^3 int16) whose header then declares ``dims``: no large array is ever built."""
+    nib = pytest.importorskip("nibabel")
+    small = path.with_name("small.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(small))
+    raw = bytearray(small.read_bytes())
+    raw[40:56] = struct.pack("<8h", 3, *dims, 1, 1, 1, 1)
+    if compress:
+        path.write_bytes(gzip.compress(bytes(raw)))
+    else:
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_nifti_declaring_1024_cubed(tmp_path):
+    tracemalloc.start()
+    try:
+        for p in (_nifti_with_dims(tmp_path / "big.nii.gz", (1024, 1024, 1024), compress=True),
+                  _nifti_with_dims(tmp_path / "big.nii", (1024, 1024, 1024))):
+            with pytest.raises(CTSizeError) as e:
+                load_ct(p)
+            _assert_says_how(str(e.value), "max_ct_voxels", "SOPI_MAX_CT_VOXELS")
+            assert "1024 x 1024 x 1024" in str(e.value) and str(p) in str(e.value)
+            with pytest.raises(CTSizeError):
+                load_mask(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000, peak
+
+
+def test_nifti_truncated_data_refused_from_header(tmp_path):
+    p = _nifti_with_dims(tmp_path / "t.nii", (512, 512, 256))
+    with pytest.raises(CTLoadError, match="truncated NIfTI"):
+        load_ct(p)
+
+
+def _npz_declaring(path, shape, dtype="<f4"):
+    """An .npz whose 'data' member's .npy header declares ``shape`` but holds a few bytes."""
+    import zipfile
+
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(b"\0" * 64)
+    aff = io.BytesIO()
+    np.lib.format.write_array(aff, np.eye(4))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("data.npy", buf.getvalue())
+        zf.writestr("affine.npy", aff.getvalue())
+    return path
+
+
+def test_npz_shapes_checked_from_headers(tmp_path):
+    tracemalloc.start()
+    try:
+        with pytest.raises(CTSizeError, match="max_ct_voxels") as e:
+            load_ct(_npz_declaring(tmp_path / "huge.npz", (4096, 4096, 4096)))
+        assert "4096 x 4096 x 4096" in str(e.value)
+        with pytest.raises(CTLoadError, match="truncated"):
+            load_ct(_npz_declaring(tmp_path / "short.npz", (64, 64, 64)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak
+    data = np.zeros((4, 5, 6), np.float32)
+    np.savez(tmp_path / "ok.npz", data=data, affine=np.eye(4))
+    assert load_ct(tmp_path / "ok.npz").shape == (4, 5, 6)
+    with pytest.raises(CTSizeError):
+        load_ct(tmp_path / "ok.npz", limits=Limits(max_ct_voxels=100))
+    with pytest.raises(CTSizeError):
+        load_mask(tmp_path / "ok.npz", limits=Limits(max_ct_voxels=100))
