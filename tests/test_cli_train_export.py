@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "import sys; sys.modules.update(torch=None, onnx=None, onnxscript=None); "
 
 
-def _run_without_extras(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """`module`.main(argv) in a fresh interpreter where torch, onnx and onnxscript cannot be imported."""
+def _run_without_extras(module: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`module`.main(argv) in a fresh interpreter where torch, onnx and onnxscript cannot be
+    imported, in folder `cwd` (a temporary one: a regression must not write into the repository)."""
     code = BLOCK + f"from {module} import main; sys.exit(main({argv!r}))"
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -28,19 +28,19 @@ def _run_without_extras(module: str, argv: list[str]) -> subprocess.CompletedPro
     ("export.cli", "sopi-export", ["unused.pt", "-o", "unused"]),
 ])
 def test_help_and_a_clear_error_without_torch(module, tool, argv, tmp_path):
-    r = _run_without_extras(module, ["--help"])
+    r = _run_without_extras(module, ["--help"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {tool}") and "exit codes: 0 ok" in r.stdout and r.stderr == ""
-    r = _run_without_extras(module, argv)
+    r = _run_without_extras(module, argv, tmp_path)
     assert r.returncode == 2
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"error: {tool} needs PyTorch") and "pip install -e '.[export]'" in r.stderr
-    assert not (ROOT / "unused").exists()
+    assert not (tmp_path / "unused").exists() and not (ROOT / "unused").exists()
 
 
-def test_entry_points_do_not_import_torch():
+def test_entry_points_do_not_import_torch(tmp_path):
     code = "import sys, models.train, export.cli; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
@@ -93,19 +93,16 @@ def test_train_input_errors_are_one_line(tmp_path, capsys):
 
 def test_train_minutes_bounds_the_pool_rendering(tmp_path, capsys):
     """A pool of 100000 pairs would take ~2 hours here; --minutes 0.1 (6 s) cuts it short and the
-    call ends within the limit (measured: 6.1 s; the bound leaves 20 s for a busy machine)."""
+    pool is reported short of the request (wall time: measured 6.1 s, not asserted: load-dependent)."""
     pytest.importorskip("torch")
     run = tmp_path / "r"
-    t0 = time.perf_counter()
     rc, out, err = _train(["--phantom", "--network", "rtpi", "--config", "tiny", "--minutes", "0.1",
                            "--set", "pool_size=100000", "--no-eval", "--run-dir", str(run)], capsys)
-    wall = time.perf_counter() - t0
     assert rc == 0, err
     res = json.loads(out)
     assert res["pool_requested"] == 100000 and 8 <= res["pool_size"] < 100000
     assert res["pool_size"] % 8 == 0 and res["steps"] >= 0
     assert f"rendered {res['pool_size']} of the 100000 pool pairs" in err  # said, not silent
-    assert wall < 6 + 20, wall
     import torch
 
     st = torch.load(run / "state.pt", map_location="cpu", weights_only=False)

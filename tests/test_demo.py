@@ -33,7 +33,8 @@ def dicom_case(tmp_path_factory):
     return d, path, T_true, vol, intr
 
 
-def test_register_cli_dicom_init(dicom_case):
+def test_register_cli_dicom_init(dicom_case, virtual_clock):
+    """(The 500 ms budgets below run on the virtual clock: the outcome does not depend on load.)"""
     from runtime.registration.metrics import reprojection_distance_mm
     d, path, T_true, vol, intr = dicom_case
     out = d / "out"

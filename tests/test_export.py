@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 torch.set_num_threads(2)
 
+pytestmark = pytest.mark.slow  # full-size networks exported to ONNX: 30-50 s per fixture on 2 cores
+
 from export import ExportOptions, export_bundle  # noqa: E402
 from models import load_checkpoint  # noqa: E402
 from models.synth import synth_upstream_checkpoint  # noqa: E402

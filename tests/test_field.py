@@ -10,7 +10,6 @@ blocked pixel columns / rows.
 
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -226,20 +225,14 @@ def test_degenerate_images_give_none():
         detect_field(np.zeros((64, 64)), np.ones((32, 32), bool))
 
 
-def test_timing_256_and_1024(drr):
-    """Time per frame (printed, not asserted); the 1024 x 1024 frame is also checked for accuracy."""
+def test_round_field_256_and_1024(drr):
+    """The round field is found at 256 x 256 and at 1024 x 1024 (timing: not a unit test's job)."""
     img, truth = exposure(drr, CIRCLE, SHUTTERS, domain="log")
     L1k = cv2.resize(drr.astype(np.float32), (4 * W, 4 * H), interpolation=cv2.INTER_CUBIC).astype(np.float64)
     circle1k = ((4 * W - 1) / 2.0, (4 * H - 1) / 2.0, 0.48 * 4 * W)
     img1k, truth1k = exposure(L1k, circle1k, domain="counts", i0=1e3)
-    for label, im, t in (("256x256", img, truth), ("1024x1024", img1k, truth1k)):
-        detect_field(im)  # warm (imports)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            est = detect_field(im)
-            times.append(time.perf_counter() - t0)
-        print(f"detect_field {label}: {1e3 * min(times):.1f} ms (best of 3), {est.describe()}")
+    for im, t in ((img, truth), (img1k, truth1k)):
+        est = detect_field(im)
         assert est.kind == "round" and iou(est.mask, t) > 0.97 and (est.mask & ~t).mean() < 0.001
     cx, cy, r = est.circle
     assert np.hypot(cx - circle1k[0], cy - circle1k[1]) < 2.0 and abs(r - circle1k[2]) < 2.0

@@ -271,6 +271,7 @@ def test_cli_run_resume_and_export(tmp_path):
     assert np.allclose(got["pose"], ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_encoder_checkpoint_exports(phantom, tmp_path):
     from export import ExportOptions, export_bundle
 

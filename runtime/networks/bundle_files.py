@@ -101,10 +101,16 @@ def _read_fd(fd: int, limit: int, where: Path) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise BundleSchemaError(f"{where}: {size} bytes, more than the {limit} bytes allowed")
-        data = f.read(limit + 1)
-    if len(data) > limit:
+        # read what fstat announced (+1 to see growth), then bounded chunks: never ask the
+        # allocator for `limit` bytes up front
+        chunks = [f.read(size + 1)]
+        total = len(chunks[0])
+        while total <= limit and chunks[-1]:
+            chunks.append(f.read(min(1 << 24, limit + 1 - total)))
+            total += len(chunks[-1])
+    if total > limit:
         raise BundleSchemaError(f"{where}: more than the {limit} bytes allowed")
-    return data
+    return b"".join(chunks)
 
 
 def read_bundle_file(root: str | Path, rel: str, limit: int = MAX_FILE_BYTES) -> bytes:
