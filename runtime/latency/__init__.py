@@ -6,46 +6,5 @@ accounting, the report schema), `report` (environment and memory probes, table, 
     report = run_latency(LatencyConfig(synthetic=20, sizes=(128, 256), budget_ms=500))
 """
 
-from runtime.latency.measure import (
-    SCHEMA,
-    COMPONENTS,
-    Stats,
-    FrameRecord,
-    Deadline,
-    SizeProfile,
-    ColdStart,
-    LatencyConfig,
-    LatencyReport,
-    summarize,
-    analyse_frames,
-    check_timings,
-    environment_info,
-    host_memory_mb,
-    gpu_memory_mb,
-    measure_cold_start,
-    profile_size,
-    run_latency,
-    validate_report_dict,
-)
-
-__all__ = [
-    "SCHEMA",
-    "COMPONENTS",
-    "Stats",
-    "FrameRecord",
-    "Deadline",
-    "SizeProfile",
-    "ColdStart",
-    "LatencyConfig",
-    "LatencyReport",
-    "summarize",
-    "analyse_frames",
-    "check_timings",
-    "environment_info",
-    "host_memory_mb",
-    "gpu_memory_mb",
-    "measure_cold_start",
-    "profile_size",
-    "run_latency",
-    "validate_report_dict",
-]
+from runtime.latency.measure import *  # noqa: F403  (its __all__ is this package's public API)
+from runtime.latency.measure import __all__  # noqa: F401
