@@ -48,8 +48,9 @@ class Limits:
     # Columns (0028,0011) of one X-ray frame or CT slice
     max_frames: int = 100_000
     # Number of Frames (0028,0008) of one X-ray object (a 30 fps run of 55 minutes)
-    max_frame_pixels: int = 2 ** 26
-    # rows x columns of one X-ray frame (67 M pixels: 8192 x 8192; the reader holds a few float64 copies)
+    max_frame_pixels: int = 2 ** 24
+    # rows x columns of one X-ray frame (16.8 M pixels: 4096 x 4096, above any flat-panel or CR
+    # plate; the reader holds a few float64 copies, so 8192^2 would cost over 1 GB)
     max_object_pixels: int = 2 ** 32
     # frames x rows x columns of one X-ray object (what an uncompressed DICOM object can hold at 8 bits)
     max_ct_voxels: int = 2 ** 29

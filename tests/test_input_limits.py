@@ -50,7 +50,7 @@ def test_defaults_and_overrides(monkeypatch):
     d = Limits()
     assert d == DEFAULT_LIMITS
     assert (d.max_rows, d.max_columns, d.max_frames) == (65536, 65536, 100_000)
-    assert d.max_frame_pixels == 2 ** 26 and d.max_object_pixels == 2 ** 32 and d.max_ct_voxels == 2 ** 29
+    assert d.max_frame_pixels == 2 ** 24 and d.max_object_pixels == 2 ** 32 and d.max_ct_voxels == 2 ** 29
     assert d.replace(max_ct_voxels=2 ** 31).max_ct_voxels == 2 ** 31
     assert resolve_limits(None) == d
     monkeypatch.setenv("SOPI_MAX_CT_VOXELS", "1_000")

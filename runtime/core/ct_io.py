@@ -97,7 +97,8 @@ def load_ct(path: str | Path, mask: str | Path | np.ndarray | None = None, *,
         raise CTLoadError(
             f"{path}: unsupported CT format (expected a DICOM series folder, .nii/.nii.gz or .npz)")
     _check_values(path, values, "CT")
-    data = hu_to_mu(values, float(mu_water)) if units == "hu" else values.astype(np.float32)
+    # the loaders return a fresh float32 array: convert it in place (one CT-sized buffer, not five)
+    data = hu_to_mu(values, float(mu_water), copy=False) if units == "hu" else values.astype(np.float32)
     if units == "mu" and data.min() < 0:
         raise CTLoadError(f"{path}: units='mu' but values go down to {data.min():.4g}; are they HU?")
     m = embedded_mask
@@ -177,12 +178,16 @@ def read_nifti(path: Path, *, limits: Limits | None = None) -> tuple[np.ndarray,
     _check_nifti_header(path, shape, pixdim, dtype, offset, limits)
     _check_affine(path, affine_ras, "the NIfTI affine (sform / qform)")
     try:
-        arr = np.asarray(img.dataobj, dtype=np.float32)
+        proxy = img.dataobj
+        unscaled = getattr(proxy, "slope", 1.0) == 1.0 and getattr(proxy, "inter", 0.0) == 0.0 \
+            and np.dtype(img.get_data_dtype()).kind in "iub"
+        # unscaled integers: read in the stored type, one conversion to float32 below (exact)
+        arr = np.asarray(proxy) if unscaled else np.asarray(proxy, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise CTLoadError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     arr = arr.reshape(shape[:3])
     # nibabel arrays are indexed [i, j, k]; ours are [k, j, i]
-    return np.ascontiguousarray(arr.transpose(2, 1, 0)), _LPS_FROM_RAS @ affine_ras
+    return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32), _LPS_FROM_RAS @ affine_ras
 
 
 def _raw_pixdim(path: Path) -> np.ndarray:

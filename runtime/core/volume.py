@@ -19,10 +19,16 @@ MU_WATER = 0.0195
 0.195 cm^2/g). HU are converted with mu = MU_WATER * (1 + HU / 1000), clipped at 0."""
 
 
-def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:
-    """Hounsfield units to linear attenuation (mm^-1), clipped at 0, float32."""
-    mu = mu_water * (1.0 + np.asarray(hu, dtype=np.float32) / 1000.0)
-    return np.maximum(mu, 0.0).astype(np.float32)
+def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER, *, copy: bool = True) -> np.ndarray:
+    """Hounsfield units to linear attenuation (mm^-1), clipped at 0, float32. ``copy=False``
+    converts a float32 array in place (no temporaries: the CT loaders use it to bound memory)."""
+    mu = np.array(hu, dtype=np.float32, copy=True) if copy or np.asarray(hu).dtype != np.float32 \
+        else np.asarray(hu)
+    mu /= 1000.0
+    mu += 1.0
+    mu *= mu_water
+    np.maximum(mu, 0.0, out=mu)
+    return mu
 
 
 def mu_to_hu(mu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:

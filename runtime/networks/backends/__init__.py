@@ -56,7 +56,7 @@ def open_network(bundle, name: str, *, backend: str = "auto", precision: str = "
                  intra_op_threads: int | None = None):
     """A backend running network `name` of `bundle` (runtime.networks.bundle.Bundle)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise BundleError(f"backend must be one of {BACKENDS}, got {backend!r}")
     net = bundle.network(name)
     if precision not in net.onnx:
         raise BundleError(f"{bundle.root}: network {name!r} has no {precision} graph "

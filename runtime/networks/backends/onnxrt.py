@@ -81,20 +81,24 @@ class OnnxRuntimeBackend:
 
     def _check(self, name: str, shape: tuple[int, ...]) -> None:
         if name not in self._shapes:
-            raise ValueError(f"{self.path.name}: unknown input {name!r}; inputs are {self.input_names}")
+            raise BundleError(f"{self.path.name}: unknown input {name!r}; inputs are {self.input_names}")
         want = self._shapes[name]
         if len(want) != len(shape) or any(isinstance(w, int) and w != s for w, s in zip(want, shape)):
-            raise ValueError(f"{self.path.name}: input {name!r} has shape {tuple(shape)}, "
+            raise BundleError(f"{self.path.name}: input {name!r} has shape {tuple(shape)}, "
                              f"expected {want}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Host arrays in, host arrays out (float32 inputs are made contiguous)."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
-            raise ValueError(f"{self.path.name}: missing inputs {missing}")
+            raise BundleError(f"{self.path.name}: missing inputs {missing}")
         x = {}
         for n in self.input_names:
-            a = np.ascontiguousarray(feeds[n], dtype=np.float32)
+            try:
+                a = np.ascontiguousarray(feeds[n], dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise BundleError(f"{self.path.name}: input {n!r} is not a float32-convertible array "
+                                  f"({type(exc).__name__}: {exc})") from None
             self._check(n, a.shape)
             x[n] = a
         return dict(zip(self.output_names, self.session.run(self.output_names, x)))

@@ -127,8 +127,8 @@ class TensorRTBackend:
             if self._dynamic:
                 self.context.set_input_shape(n, a.shape)
             elif a.shape != self._shapes[n]:
-                raise ValueError(f"{self.path.name}: input {n!r} has shape {a.shape}, "
-                                 f"expected {self._shapes[n]}")
+                raise BundleError(f"{self.path.name}: input {n!r} has shape {a.shape}, "
+                                  f"expected {self._shapes[n]}")
             _check(cu.cudaMemcpyAsync(self._dev[n], a.ctypes.data, a.nbytes, h2d, self.stream),
                    "cudaMemcpyAsync")
             feeds[n] = a  # keep alive until synchronised
