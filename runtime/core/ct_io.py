@@ -185,7 +185,7 @@ def read_nifti(path: Path, *, limits: Limits | None = None) -> tuple[np.ndarray,
         arr = np.asarray(proxy) if unscaled else np.asarray(proxy, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise CTLoadError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
-    arr = arr.reshape(shape[:3])
+    arr = arr.reshape(shape[:3], order="A")  # drops trailing 1-dims; no copy of the (Fortran-order) data
     # nibabel arrays are indexed [i, j, k]; ours are [k, j, i]
     return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32), _LPS_FROM_RAS @ affine_ras
 
