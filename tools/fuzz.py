@@ -130,6 +130,9 @@ def _child_main(name: str, module: Any, state: Any, index: int, case_dir: Path, 
         except OSError:
             pass
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import faulthandler
+
+        faulthandler.enable()  # on fd 2, now the case's .stderr: a crash leaves its Python stack there
 
         def send(msg: dict) -> None:
             data = (json.dumps(msg, default=str) + "\n").encode()
@@ -169,8 +172,9 @@ def _run_one(name: str, module: Any, state: Any, index: int, case_dir: Path, sen
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         except (ValueError, OSError):
             pass
-    rng = np.random.default_rng([opts.seed, CAMPAIGN_IDS[name], index])
+    rng = np.random.default_rng([opts.seed, CAMPAIGN_IDS.get(name, 0), index])
     ctx = Ctx(send, ROOT)
+    ctx.set_stage("generate")
     harness = None
     try:
         module.run_case(state, rng, case_dir, ctx)
@@ -227,6 +231,7 @@ class Running:
     peak: int = 0
     result: dict | None = None
     killed: str | None = None
+    started: bool = False  # the child reset its VmHWM and reported its starting size
 
 
 def _parse(r: Running, data: bytes) -> None:
@@ -245,6 +250,7 @@ def _parse(r: Running, data: bytes) -> None:
             r.stage = msg["stage"]
         elif t == "start":
             r.rss0 = int(msg.get("rss0", 0)) or r.rss0
+            r.started = True
         elif t == "result":
             r.result = msg
 
@@ -275,7 +281,9 @@ def _finish(name: str, r: Running, status: int | None, opts: Options) -> dict:
     limit_kb = opts.memory_mb * 1024
     base = {"campaign": name, "case": r.index, "desc": r.desc, "stage": r.stage,
             "wall_s": round(time.monotonic() - r.t0, 3)}
-    if r.killed:
+    if r.killed == "hang" and r.stage == "generate":  # the generator itself is stuck: not a finding
+        res = {"outcome": "harness_error", "exc_type": "Timeout", "message": "the case generator did not finish"}
+    elif r.killed:
         res = {"outcome": r.killed, "exc_type": {"hang": "Timeout", "memory": "OverMemoryLimit"}[r.killed],
                "message": (f"killed after {opts.timeout_s:g} s in stage {r.stage!r}" if r.killed == "hang" else
                            f"resident set grew by {(r.peak - r.rss0) / 1024:.0f} MiB (limit {opts.memory_mb:g})"
@@ -303,9 +311,11 @@ def _finish(name: str, r: Running, status: int | None, opts: Options) -> dict:
 
 
 def run_campaign(name: str, cases: int | list[int], opts: Options, workdir: Path,
-                 progress: bool = True, all_results: bool = False) -> dict:
-    """Run the cases of one campaign (``cases``: a count or explicit indices); return its summary."""
-    module = _campaign_module(name)
+                 progress: bool = True, all_results: bool = False, module: Any = None) -> dict:
+    """Run the cases of one campaign (``cases``: a count or explicit indices); return its summary.
+    ``module``: the campaign (``setup(workdir, seed)``, ``run_case(state, rng, case_dir, ctx)``); default
+    ``tools.fuzz_<name>``."""
+    module = module or _campaign_module(name)
     t_setup = time.monotonic()
     state = module.setup(workdir / f"{name}-setup", opts.seed)
     setup_s = time.monotonic() - t_setup
@@ -347,7 +357,8 @@ def run_campaign(name: str, cases: int | list[int], opts: Options, workdir: Path
                 if done == 0:
                     st = _proc_status(pid)
                     rss = st.get("VmRSS", 0)
-                    r.peak = max(r.peak, rss, st.get("VmHWM", 0) if r.result is None and r.rss0 else 0)
+                    # VmHWM only once the child has reset it (before, it is the parent's, copied by fork)
+                    r.peak = max(r.peak, rss, st.get("VmHWM", 0) if r.started and r.result is None else 0)
                     if r.rss0 and rss - r.rss0 > limit_kb:
                         r.killed = "memory"
                     elif now - r.t0 > opts.timeout_s:
@@ -372,7 +383,7 @@ def run_campaign(name: str, cases: int | list[int], opts: Options, workdir: Path
                       f"{s['memory']} memory, {s['invalid'] + s['tampered_loaded']} bad outputs "
                       f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     finally:
-        for pid, r in running.items():  # interrupted: our own children only
+        for pid in running:  # interrupted: our own children only
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

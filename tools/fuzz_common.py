@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Ctx", "BadOutput", "TamperedLoaded", "HarnessError", "SEVERITY", "classify", "pick", "chance",
-           "ADVERSARIAL_NUMBERS", "ADVERSARIAL_STRINGS", "adversarial_json_value", "mutate_bytes",
-           "short_tb", "frames_in_repo", "check_finite_array"]
+__all__ = ["Ctx", "BadOutput", "TamperedLoaded", "HarnessError", "CLIInternalError", "cli_call", "SEVERITY",
+           "classify", "pick", "chance", "ADVERSARIAL_NUMBERS", "ADVERSARIAL_STRINGS", "adversarial_json_value",
+           "mutate_bytes", "short_tb", "frames_in_repo", "check_finite_array"]
 
 
 class BadOutput(Exception):
@@ -33,6 +33,10 @@ class TamperedLoaded(BadOutput):
     """A graph whose bytes differ from what the (trusted) manifest lists was loaded into a session."""
 
     kind = "tampered_loaded"
+
+
+class CLIInternalError(Exception):
+    """A command-line tool reported an internal error (or printed a traceback, or exited oddly)."""
 
 
 class HarnessError(Exception):
@@ -222,7 +226,7 @@ def adversarial_json_value(rng: np.random.Generator, depth: int = 0) -> Any:
                 adversarial_json_value(rng, depth + 1) for _ in range(int(rng.integers(1, 4)))}
     if k == 13:
         v: Any = 1
-        for _ in range(int(pick(rng, (20, 31, 33, 100, 5000)))):
+        for _ in range(int(pick(rng, (20, 31, 33, 100, 900)))):  # json.dumps recurses
             v = [v]
         return v
     if k == 14:
@@ -296,3 +300,24 @@ def check_finite_array(a: Any, what: str, where: np.ndarray | None = None) -> No
     bad = int(np.count_nonzero(~np.isfinite(vals)))
     if bad:
         raise BadOutput(f"{what}: {bad} non-finite values" + (" marked valid" if where is not None else ""))
+
+
+def cli_call(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run a CLI's ``main(argv)`` with stdout / stderr captured; its exit status. A CLI must not let an
+    exception out and must not report an internal error: `CLIInternalError` (untyped) when its
+    stderr says "internal error" or holds a traceback, or the status is not 0..3."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    text = err.getvalue()
+    if "internal error" in text or "Traceback (most recent call last)" in text:
+        raise CLIInternalError(_short(text.strip()[-700:], 700))
+    if rc not in (0, 1, 2, 3):
+        raise CLIInternalError(f"exit status {rc!r}; stderr: {_short(text[-300:], 300)}")
+    return int(rc)

@@ -5,8 +5,9 @@ Seeds (built once): XA / RF objects written by `calib.write_xa` (single frame, c
 mirrored with a round collimator, LOG and DISP intensities), an Enhanced XA with functional groups,
 the same XA transcoded (RLE, JPEG 2000, implicit VR, big endian, deflated), real CR / DX files when
 installed (pydicom's CR, pydicom-data's RG1 / RG3 CR, deid-data's DX cat; the large ones cropped to
-256 x 256), real CT / MR objects (wrong SOP class), and two "bombs" (an 8192 x 8192 frame of zeros,
-deflated: 130 KB on disk; RLE: 2 MB).
+256 x 256), real CT / MR objects (wrong SOP class), and "bombs": the largest frame the default
+`calib.limits.Limits` accept (4096 x 4096, constant) as RLE (0.5 MB) and deflated (34 KB), and an
+8192 x 8192 RLE frame (2 MB) over the limit.
 
 A case takes one seed and applies, at random, tag-level mutations (values of the tags the reader
 uses: huge / zero / negative / NaN / inf / non-numeric / multi-valued; wrong VRs; deleted tags;
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tools.fuzz_common import (ADVERSARIAL_NUMBERS, ADVERSARIAL_STRINGS, BadOutput, Ctx, HarnessError, chance,
-                               check_finite_array, mutate_bytes, pick)
+                               check_finite_array, cli_call, mutate_bytes, pick)
 
 TAGS = (
     "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
@@ -125,14 +126,23 @@ def _enhanced_xa(path: Path, frames: np.ndarray) -> Path:
     return path
 
 
-def _rle_zeros_frame(rows: int, cols: int) -> bytes:
-    """One RLE Lossless frame of 16-bit zeros (two byte segments of replicate runs)."""
+def _rle_zeros_frame(rows: int, cols: int, value: int = 0) -> bytes:
+    """One RLE Lossless frame of 16-bit pixels all equal to ``value`` (two byte segments of replicate
+    runs: a few bytes per 128 pixels)."""
     n = rows * cols
-    seg = b"\x81\x00" * (n // 128) + (bytes([256 - (n % 128 - 1), 0]) if n % 128 > 1 else
-                                         (b"\x00\x00" if n % 128 == 1 else b""))
-    seg += b"\x00" if len(seg) % 2 else b""
-    header = struct.pack("<16I", 2, 64, 64 + len(seg), *([0] * 13))
-    return header + seg + seg
+
+    def segment(byte: int) -> bytes:
+        seg = bytes([0x81, byte]) * (n // 128)
+        r = n % 128
+        if r > 1:
+            seg += bytes([257 - r, byte])
+        elif r == 1:
+            seg += bytes([0, byte])
+        return seg + (b"\0" if len(seg) % 2 else b"")
+
+    hi, lo = segment(value >> 8), segment(value & 0xFF)
+    header = struct.pack("<16I", 2, 64, 64 + len(hi), *([0] * 13))
+    return header + hi + lo
 
 
 def _to_bytes(ds: Any, transfer_syntax: Any = None) -> bytes:
@@ -241,17 +251,21 @@ def setup(workdir: Path, seed: int) -> dict:
             continue
         if len(data) < 4 << 20:
             add(f"real_{name}", data, 1.0)
-    # bombs: tiny files that decode to an 8192 x 8192 16-bit frame
-    ds = pydicom.dcmread(p_xa)
-    ds.Rows = ds.Columns = 8192
-    ds.PixelData = bytes(8192 * 8192 * 2)
-    add("bomb_deflated_8192", _to_bytes(ds, DeflatedExplicitVRLittleEndian), 0.25)
+    # bombs: small files that decode to the largest frame the default Limits accept (4096 x 4096 since
+    # max_frame_pixels = 2^24; a constant 2000, so that the reader goes all the way), and one over it
     from pydicom.encaps import encapsulate
 
-    ds.PixelData = encapsulate([_rle_zeros_frame(8192, 8192)])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    add("bomb_rle_8192", _to_bytes(ds), 0.25)
+    for size, weight in ((4096, 0.3), (8192, 0.1)):
+        ds = pydicom.dcmread(p_xa)
+        ds.Rows = ds.Columns = size
+        ds.PixelData = encapsulate([_rle_zeros_frame(size, size, 2000)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = RLELossless
+        add(f"bomb_rle_{size}", _to_bytes(ds), weight)
+    ds = pydicom.dcmread(p_xa)
+    ds.Rows = ds.Columns = 4096
+    ds.PixelData = np.full((4096, 4096), 2000, np.uint16).tobytes()
+    add("bomb_deflated_4096", _to_bytes(ds, DeflatedExplicitVRLittleEndian), 0.3)
     del ds
     offsets = {name: _element_offsets(data) for name, data, _ in seeds}
     w = np.array([s[2] for s in seeds])
@@ -265,7 +279,15 @@ def setup(workdir: Path, seed: int) -> dict:
             read_fluoro(p, intrinsics=None)
         except Exception:
             pass
-    return {"seeds": seeds, "p": w / w.sum(), "offsets": offsets, "profiles": list(profile_names())}
+    # a CT for sopi-register runs on the mutated frames (the phantom, 32^3 at 6 mm, as .npz)
+    from runtime.synthetic.phantom import make_phantom
+
+    ph = make_phantom(shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0))
+    ct = workdir / "ct.npz"
+    np.savez(ct, data=ph.data, affine=ph.affine, units=np.array("mu"))
+    import calib.cli  # noqa: F401
+    import runtime.cli.register  # noqa: F401
+    return {"seeds": seeds, "p": w / w.sum(), "offsets": offsets, "profiles": list(profile_names()), "ct": ct}
 
 
 def _element_offsets(data: bytes) -> list[tuple[int, int]]:
@@ -525,9 +547,7 @@ def m_functional_groups(rng, ds, ctx):
                 if _known(kw) and kw != "SpecificCharacterSet":
                     # VR UN inside items: pydicom writes the bytes as they are; readers take the
                     # dictionary VR back (replace_un_with_known_vr)
-                    vr = _vr_of(kw)
-                    val = _raw_value(rng, vr) if vr != "IS" else _even(pick(rng, _IS_SAFE))
-                    _set_raw(macro, kw, "UN", val)
+                    _set_raw(macro, kw, "UN", _nested_value(rng, _vr_of(kw)))
             setattr(d, pick(rng, SEQ_MACROS), Sequence([macro] if chance(rng, 0.9) else []))
         return d
 
@@ -542,6 +562,17 @@ def m_functional_groups(rng, ds, ctx):
 
 # pydicom converts the IS values of sequence items when it writes them and fails on "inf" / "1e999"
 _IS_SAFE = ("0", "-1", "1", "65536", "2147483648", "99999999999", "-99999999999", "", "1\\2\\3", "7\\-7")
+
+
+def _nested_value(rng, vr: str) -> bytes:
+    """An adversarial value pydicom can still write inside a sequence item (it converts those)."""
+    if vr == "IS":
+        return _even(pick(rng, _IS_SAFE))
+    if vr in ("US", "UL", "SS", "SL", "FL", "FD", "AT"):
+        size = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4}[vr]
+        b = _binary_value(rng, vr)
+        return b[:len(b) - len(b) % size] or b"\0" * size
+    return _raw_value(rng, vr)
 
 
 def _n_frames_hint(ds: Any) -> int:
@@ -802,3 +833,15 @@ def run_case(state: dict, rng: np.random.Generator, case_dir: Path, ctx: Ctx) ->
             ctx.call("read_fluoro(Dataset)", read_fluoro, ds, frame, check=check_frame, **kw)
     frames = None if chance(rng, 0.8) else pick(rng, ([0, 1], [1], [0, 0, 0], [-1], [10 ** 12], range(3), []))
     ctx.call("iter_fluoro", lambda: consume(iter_fluoro(path, frames=frames, **kw), 2))
+    # ------------------------------------------------------------- the CLIs on the same file
+    if chance(rng, 0.05):
+        from calib.cli import main as calib_main
+
+        argv = ["info", str(path)] + (["--frame", str(pick(rng, (0, 1, -1, 99)))] if chance(rng, 0.3) else [])
+        ctx.call("sopi-calib info", cli_call, calib_main, argv)
+    if chance(rng, 0.03):
+        from runtime.cli.register import main as register_main
+
+        argv = ["--ct", str(state["ct"]), "--frame", str(path), "--out", str(case_dir / "out"), "--backend", "cpu",
+                "--budget-ms", "300"]
+        ctx.call("sopi-register", cli_call, register_main, argv)
