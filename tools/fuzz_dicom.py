@@ -83,7 +83,10 @@ def _enhanced_xa(path: Path, frames: np.ndarray) -> Path:
     """A small Enhanced XA with shared and per-frame functional groups."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    import pydicom.uid
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    generate_uid = pydicom.uid.generate_uid  # looked up at call time: setup() makes it deterministic
 
     n, H, W = frames.shape
     sop = "1.2.840.10008.5.1.4.1.1.12.1.1"
@@ -201,7 +204,26 @@ def _crop(path: Path, size: int = 256) -> bytes:
 
 
 def setup(workdir: Path, seed: int) -> dict:
-    """Seed objects (bytes) and their element offsets; imports everything the cases use."""
+    """Seed objects (bytes) and their element offsets; imports everything the cases use. UIDs are
+    derived from `seed` (pydicom's random UIDs vary in length, which would move every offset)."""
+    import itertools
+
+    import pydicom.uid
+
+    counter = itertools.count()
+    real_generate_uid = pydicom.uid.generate_uid
+
+    def _uid(prefix: Any = pydicom.uid.PYDICOM_ROOT_UID, entropy_srcs: Any = None) -> Any:
+        return real_generate_uid(prefix, entropy_srcs=entropy_srcs or [f"sopi-fuzz-{seed}-{next(counter)}"])
+
+    pydicom.uid.generate_uid = _uid
+    try:
+        return _setup(workdir, seed)
+    finally:
+        pydicom.uid.generate_uid = real_generate_uid
+
+
+def _setup(workdir: Path, seed: int) -> dict:
     import cv2  # noqa: F401  (imported before the fork)
     import pydicom
     from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian,
