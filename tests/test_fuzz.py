@@ -123,8 +123,10 @@ def _failures(s: dict) -> str:
 
 
 # Open memory findings (docs/reliability.md, issue 16's note), each matched exactly; any other
-# memory outcome fails. (1) a mutated JPEG 2000 code stream makes the decoder ask for more than the
-# limit: the reader answers with a typed DicomReadError, but the allocation was attempted;
+# memory outcome fails. (1) a byte edit of the real_JPEG2000 seed gives an element inside a sequence
+# item a length of 2 GiB: pydicom.dcmread allocates it before reading (filereader
+# data_element_generator, not the JPEG 2000 decoder); the reader answers with a typed DicomReadError,
+# but the allocation was attempted;
 # (2) load_ct / sopi-register on a legitimate 512^3 CT (a gzip NIfTI of zeros: a few MB) grow the
 # process by just over 1 GB (CT and mask copies, working volumes).
 KNOWN_MEMORY = (
