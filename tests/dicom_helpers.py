@@ -181,3 +181,36 @@ def asymmetric_phantom(h: int = 96, w: int = 128) -> np.ndarray:
     L[h // 8: h // 8 + h // 10, w // 6: w // 2 + w // 6] = 1.2       # top bar, to the right
     L[h // 2 - h // 20: h // 2 + h // 20, w // 6: w // 2] = 0.8       # middle bar
     return L
+
+
+# ----------------------------------------------------------------------------- CT series
+def write_small_ct_series(folder, n=4, rows=6, cols=5, placeholder=None):
+    """A small CT series; ``placeholder`` = (keyword, value) written into slice 1 (a unique text that
+    a test's byte patch can then replace by bytes pydicom would refuse to write)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        f = folder / f"s{k:03d}.dcm"
+        ds = FileDataset(str(f), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, "1.2.3"
+        ds.Rows, ds.Columns = rows, cols
+        ds.PixelSpacing = ["0.5", "0.5"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.ImagePositionPatient = ["0", "0", f"{2.0 * k}"]
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        if placeholder is not None and k == 1:
+            setattr(ds, *placeholder)
+        ds.PixelData = np.full((rows, cols), 1024 + 10 * k, np.uint16).tobytes()
+        ds.save_as(f, enforce_file_format=True)
+    return folder

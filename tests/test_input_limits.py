@@ -10,8 +10,7 @@ import tracemalloc
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from dicom_helpers import write_small_ct_series
 
 from calib import Intrinsics
 from calib.dicom import iter_fluoro, read_fluoro
@@ -180,32 +179,8 @@ def test_iter_fluoro_is_lazy(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- CT
-def _write_series(folder, n=4, rows=6, cols=5):
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = generate_uid()
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"s{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, "1.2.3"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = ["0.5", "0.5"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.ImagePositionPatient = ["0", "0", f"{2.0 * k}"]
-        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit, ds.PixelRepresentation = 15, 0
-        ds.PixelData = np.full((rows, cols), 1024 + 10 * k, np.uint16).tobytes()
-        ds.save_as(folder / f"s{k:03d}.dcm", enforce_file_format=True)
-    return folder
-
-
 def test_dicom_series_voxel_limit(tmp_path, monkeypatch):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     assert load_ct(folder).shape == (4, 6, 5)
     with pytest.raises(CTSizeError) as e:
         load_ct(folder, limits=Limits(max_ct_voxels=100))
@@ -223,7 +198,7 @@ def test_dicom_series_voxel_limit(tmp_path, monkeypatch):
 
 
 def test_dicom_series_size_checked_before_decoding(tmp_path, monkeypatch):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     import pydicom.pixels
 
     def boom(*a, **k):

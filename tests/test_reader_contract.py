@@ -16,14 +16,12 @@ import os
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from calib import DicomIntensityError, DicomReadError, Intrinsics, SopiError
 from calib.dicom import SOP_CLASSES, iter_fluoro, read_fluoro
 from calib.errors import DicomArgumentTypeError, DicomSOPClassError
 from calib.writer import write_xa
-from dicom_helpers import pydicom_test_file
+from dicom_helpers import pydicom_test_file, write_small_ct_series
 from runtime import Volume, load_ct, load_mask
 from runtime.errors import CTArgumentTypeError, CTLoadError, VolumeError
 
@@ -263,35 +261,6 @@ def test_bad_mask_arrays(tmp_path, mask, word):
 
 
 # ---------------------------------------------------------------------------- DICOM series
-def _write_series(folder, n=4, rows=6, cols=5, placeholder=None):
-    """A small CT series; ``placeholder`` = (keyword, value) written into slice 1 (a unique text that
-    `_patch` can then replace by bytes pydicom would refuse to write)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = generate_uid()
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        f = folder / f"s{k:03d}.dcm"
-        ds = FileDataset(str(f), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, "1.2.3"
-        ds.Rows, ds.Columns = rows, cols
-        ds.PixelSpacing = ["0.5", "0.5"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.ImagePositionPatient = ["0", "0", f"{2.0 * k}"]
-        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit, ds.PixelRepresentation = 15, 0
-        if placeholder is not None and k == 1:
-            setattr(ds, *placeholder)
-        ds.PixelData = np.full((rows, cols), 1024 + 10 * k, np.uint16).tobytes()
-        ds.save_as(f, enforce_file_format=True)
-    return folder
-
-
 def _patch(path, old: bytes, new: bytes):
     data = path.read_bytes()
     assert data.count(old) == 1 and len(old) == len(new)
@@ -305,7 +274,7 @@ def _patch(path, old: bytes, new: bytes):
     ("GantryDetectorTilt", "12.345678", b"twelve..."),
 ])
 def test_series_non_numeric_tags(tmp_path, keyword, placeholder, garbage):
-    folder = _write_series(tmp_path / "ct", placeholder=(keyword, placeholder))
+    folder = write_small_ct_series(tmp_path / "ct", placeholder=(keyword, placeholder))
     _patch(folder / "s001.dcm", placeholder.encode(), garbage)
     with pytest.raises(CTLoadError, match=keyword) as e:
         load_ct(folder)
@@ -323,7 +292,7 @@ def test_series_non_numeric_tags(tmp_path, keyword, placeholder, garbage):
     ({"NumberOfFrames": "3"}, "multi-frame"),
 ])
 def test_series_bad_tag_values(tmp_path, change, word):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     f = folder / "s002.dcm"
     ds = pydicom.dcmread(f)
     for kw, value in change.items():
@@ -339,7 +308,7 @@ def test_series_bad_tag_values(tmp_path, change, word):
 
 @pytest.mark.parametrize("keep", [0.02, 0.3, 0.7, 0.95])
 def test_series_truncated_slice(tmp_path, keep):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     f = folder / "s003.dcm"
     data = f.read_bytes()
     f.write_bytes(data[: int(len(data) * keep)])
@@ -349,7 +318,7 @@ def test_series_truncated_slice(tmp_path, keep):
 
 
 def test_series_foreign_files(tmp_path):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     (folder / "README.txt").write_text("exported by a PACS")
     (folder / "._s000.dcm").write_bytes(b"\0" * 40)  # macOS AppleDouble: hidden, skipped
     assert load_ct(folder).shape == (4, 6, 5)
@@ -360,7 +329,7 @@ def test_series_foreign_files(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
 def test_series_unreadable_file(tmp_path):
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     f = folder / "s001.dcm"
     f.chmod(0)
     try:
@@ -372,7 +341,7 @@ def test_series_unreadable_file(tmp_path):
 
 def test_mutated_series_give_typed_errors_only(tmp_path):
     rng = np.random.default_rng(11)
-    folder = _write_series(tmp_path / "ct")
+    folder = write_small_ct_series(tmp_path / "ct")
     f = folder / "s002.dcm"
     good = f.read_bytes()
     for _ in range(60):

@@ -206,8 +206,6 @@ def _crop(path: Path, size: int = 256) -> bytes:
 def setup(workdir: Path, seed: int) -> dict:
     """Seed objects (bytes) and their element offsets; imports everything the cases use. UIDs are
     derived from `seed` (pydicom's random UIDs vary in length, which would move every offset)."""
-    import itertools
-
     import pydicom.uid
 
     counter = itertools.count()

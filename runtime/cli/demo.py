@@ -191,7 +191,7 @@ def _write_samples(folder: Path, seed: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from runtime.cli.register import positive_float
+    from runtime.cli.args import positive_float
 
     ap = argparse.ArgumentParser(prog="sopi-demo", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

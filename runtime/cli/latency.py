@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runtime.cli.register import positive_float
+from runtime.cli.args import positive_float
 from runtime.errors import SopiError
 from runtime.latency.measure import LatencyConfig, run_latency
 

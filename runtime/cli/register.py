@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "load_pose_json", "positive_float"]
+from runtime.cli.args import positive_float
+
+__all__ = ["main", "load_pose_json"]
 
 EXIT_OK, EXIT_NOT_ACCEPTED, EXIT_INPUT = 0, 1, 2
 EXIT_USAGE = EXIT_INPUT        # bad command line: the same code as bad input files
@@ -66,20 +68,6 @@ def _sopi_params(T: np.ndarray, bundle_geometry=None, cube_affine=None) -> tuple
                       "(runtime.networks.sopi_params.T_to_sopi); no bundle is loaded")
     from runtime.networks.sopi_params import T_to_sopi
     return [float(x) for x in T_to_sopi(T, bundle_geometry, cube_affine)], "runtime.networks.sopi_params.T_to_sopi"
-
-
-def positive_float(text: str) -> float | None:
-    """argparse type of ``--budget-ms``: a finite number > 0, or "none" (no deadline); the same
-    rule as `Registrar(budget_ms=...)` (`runtime.registration.timing.check_budget_ms`)."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0 < x < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number of ms > 0 (or 'none'), got {text}")
-    return x
 
 
 def _parser() -> argparse.ArgumentParser:

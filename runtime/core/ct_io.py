@@ -98,7 +98,7 @@ def load_ct(path: str | Path, mask: str | Path | np.ndarray | None = None, *,
             f"{path}: unsupported CT format (expected a DICOM series folder, .nii/.nii.gz or .npz)")
     _check_values(path, values, "CT")
     # the loaders return a fresh float32 array: convert it in place (one CT-sized buffer, not five)
-    data = hu_to_mu(values, float(mu_water), copy=False) if units == "hu" else values.astype(np.float32)
+    data = hu_to_mu(values, float(mu_water), copy=False) if units == "hu" else values.astype(np.float32, copy=False)
     if units == "mu" and data.min() < 0:
         raise CTLoadError(f"{path}: units='mu' but values go down to {data.min():.4g}; are they HU?")
     m = embedded_mask

@@ -22,8 +22,7 @@ MU_WATER = 0.0195
 def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER, *, copy: bool = True) -> np.ndarray:
     """Hounsfield units to linear attenuation (mm^-1), clipped at 0, float32. ``copy=False``
     converts a float32 array in place (no temporaries: the CT loaders use it to bound memory)."""
-    mu = np.array(hu, dtype=np.float32, copy=True) if copy or np.asarray(hu).dtype != np.float32 \
-        else np.asarray(hu)
+    mu = np.array(hu, dtype=np.float32, copy=True if copy else None)  # None: copy only to convert
     mu /= 1000.0
     mu += 1.0
     mu *= mu_water
