@@ -3,7 +3,8 @@ digest, Ed25519 signatures, schema bounds before any allocation. Tampered real b
 
 Two kinds of bundles:
 
-- ``tiny``: built here in milliseconds — two small ONNX graphs written with ``onnx.helper`` (an
+- ``tiny``: built in milliseconds by `tools.fuzz_bundle.make_tiny` (the fuzz campaign's seed) — two
+  small ONNX graphs written with ``onnx.helper`` (an
   encoder pair: image [1,1,32,32] * weights -> AveragePool -> p3, p4, p5), a 16^3 SOPI geometry,
   the manifest written by `runtime.networks.bundle.write_manifest` (so manifest.sha256 is right
   and the check under test is the one reached). Registrar(bundle=...) builds on it.
@@ -13,7 +14,6 @@ Two kinds of bundles:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,64 +31,12 @@ onnx = pytest.importorskip("onnx")
 ed25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
 serialization = pytest.importorskip("cryptography.hazmat.primitives.serialization")
 
-S = 32  # tiny encoder input size
+from tools.fuzz_bundle import S, _sha, make_tiny  # noqa: E402  (tiny real bundle: the fuzz seed)
+
 PEAK_BYTES = 64 << 20  # a refused manifest allocates less than this (numpy allocations are traced too)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _graph(seed: int) -> bytes:
-    """image [1,1,S,S] -> x * W (an initializer: a bit flip there keeps the graph valid) ->
-    AveragePool to p3 [1,1,8,8], p4 [1,1,8,8], p5 [1,1,4,4]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(seed).random((1, 1, S, S), dtype=np.float32) + 0.5
-    nodes = [helper.make_node("Mul", ["image", "W"], ["xw"]),
-             helper.make_node("AveragePool", ["xw"], ["p3"], kernel_shape=[4, 4], strides=[4, 4]),
-             helper.make_node("AveragePool", ["xw"], ["p4"], kernel_shape=[4, 4], strides=[4, 4]),
-             helper.make_node("AveragePool", ["xw"], ["p5"], kernel_shape=[8, 8], strides=[8, 8])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, k, k])
-            for n, k in (("p3", 8), ("p4", 8), ("p5", 4))]
-    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, S, S])],
-                          outs, [numpy_helper.from_array(w, "W")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-    m.ir_version = 9
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _entry(role: str, rel: str, digest: str) -> dict:
-    return {"kind": "tiny", "role": role,
-            "onnx": {"fp32": {"file": rel, "sha256": digest, "opset": 18}},
-            "inputs": [{"name": "image", "shape": [1, 1, S, S], "dtype": "float32"}],
-            "outputs": [{"name": n, "shape": [1, 1, k, k], "dtype": "float32"}
-                        for n, k in (("p3", 8), ("p4", 8), ("p5", 4))],
-            "preprocessing": {"image": {"size": [S, S], "pixel_mm": 6.4, "principal_point_px": [S / 2, S / 2],
-                                        "intensity": {"kind": "min_max"}}},
-            "parity": {}, "engines": []}
-
-
-def make_tiny(root) -> dict:
-    """A real two-network bundle in `root`; returns its manifest."""
-    from runtime.networks.sopi_params import SopiGeometry
-
-    root.mkdir(parents=True, exist_ok=True)
-    files, nets = {}, {}
-    for i, (name, role) in enumerate((("encoder_moving", "moving_encoder"), ("encoder_fixed", "fixed_encoder"))):
-        data = _graph(i)
-        (root / f"{name}.onnx").write_bytes(data)
-        files[f"{name}.onnx"] = _sha(data)
-        nets[name] = _entry(role, f"{name}.onnx", files[f"{name}.onnx"])
-    geom = SopiGeometry.from_upstream(flag=16, volume_size=16, vol_spacing_mm=3.117188, det_size=S)
-    m = {"schema": "sopi-bundle", "schema_version": 1, "geometry": geom.to_dict(), "networks": nets,
-         "files": files}
-    write_manifest(root, m)
-    return m
-
-
 def _manifest(root) -> dict:
     return json.loads((root / MANIFEST).read_text())
 

@@ -394,24 +394,14 @@ def _lie_sizes(data: bytes, member: str, size: int) -> bytes:
     """Patch the uncompressed-size fields of ``member`` (local and central headers) of a zip."""
     buf = bytearray(data)
     name = member.encode()
-    i = 0
-    while True:
-        i = buf.find(b"PK\x03\x04", i)
-        if i < 0:
-            break
-        n = struct.unpack_from("<H", buf, i + 26)[0]
-        if bytes(buf[i + 30:i + 30 + n]) == name:
-            struct.pack_into("<I", buf, i + 22, size & 0xFFFFFFFF)
-        i += 4
-    i = 0
-    while True:
-        i = buf.find(b"PK\x01\x02", i)
-        if i < 0:
-            break
-        n = struct.unpack_from("<H", buf, i + 28)[0]
-        if bytes(buf[i + 46:i + 46 + n]) == name:
-            struct.pack_into("<I", buf, i + 24, size & 0xFFFFFFFF)
-        i += 4
+    # (signature, offset of the name length, of the name, of the uncompressed size)
+    for sig, len_at, name_at, size_at in ((b"PK\x03\x04", 26, 30, 22), (b"PK\x01\x02", 28, 46, 24)):
+        i = buf.find(sig)
+        while i >= 0:
+            n = struct.unpack_from("<H", buf, i + len_at)[0]
+            if bytes(buf[i + name_at:i + name_at + n]) == name:
+                struct.pack_into("<I", buf, i + size_at, size & 0xFFFFFFFF)
+            i = buf.find(sig, i + 4)
     return bytes(buf)
 
 
