@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.jsonfile import read_json
 from calib.distortion import Distortion
 from calib.errors import CalibrationError, IntrinsicsError
 from calib.geometry import Intrinsics
@@ -105,8 +106,5 @@ def load_calibration(name_or_path: str | Path | Calibration) -> Calibration:
             raise CalibrationError(f"{name_or_path}: no such calibration file or profile "
                                    f"(profiles: {', '.join(profile_names()) or 'none'})")
         p = cand
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{p}: cannot read calibration JSON ({exc})") from None
+    d = read_json(p, CalibrationError, "calibration JSON")
     return Calibration.from_dict(d)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from calib.jsonfile import read_json
 from calib.errors import CalibError, CalibrationError, SopiError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_INPUT"]
@@ -71,11 +71,9 @@ def _image_size(path: str) -> tuple[int, int]:
 
 def _load_pose_guesses(path: str, n_images: int) -> list[np.ndarray]:
     """One 4x4 pose guess per image from a JSON list of matrices."""
+    data = read_json(path, CalibrationError, "pose guesses JSON")
     try:
-        data = json.loads(Path(path).read_text())
         poses = [np.asarray(p, dtype=np.float64) for p in data]
-    except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{path}: cannot read pose guesses JSON ({exc})") from None
     except (TypeError, ValueError):
         raise CalibrationError(f"{path}: pose guesses must be a JSON list of 4x4 matrices") from None
     if any(p.shape != (4, 4) or not np.isfinite(p).all() for p in poses):

@@ -347,6 +347,9 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
                         warns.append(f"{name}: vertices missing or invalid, ignored")
                         continue
                     pts = np.array(v, dtype=np.float64).reshape(-1, 2)[:, ::-1] - 1.0
+                    if not (np.isfinite(pts).all() and (np.abs(pts) <= 4 * max(H, W)).all()):
+                        warns.append(f"{name}: vertices are not pixel positions near the {W}x{H} image, ignored")
+                        continue
                     poly = np.zeros(shape, np.uint8)
                     cv2.fillPoly(poly, [np.round(pts).astype(np.int32)], 1)
                     mask &= poly.astype(bool)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.jsonfile import read_json
 from calib.errors import IntrinsicsError
 
 __all__ = ["Intrinsics"]
@@ -170,10 +171,7 @@ class Intrinsics:
     @classmethod
     def load(cls, path: str | Path) -> Intrinsics:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IntrinsicsError(f"{path}: cannot read intrinsics JSON ({exc})") from None
+        d = read_json(path, IntrinsicsError, "intrinsics JSON")
         if isinstance(d, dict) and "intrinsics" in d:
             d = d["intrinsics"]
         if not isinstance(d, dict):

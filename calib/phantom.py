@@ -22,6 +22,7 @@ from typing import cast
 
 import numpy as np
 
+from calib.jsonfile import read_json
 from calib.beads import detect_beads, match_points
 from calib.calibration import Calibration
 from calib.errors import CalibrationError
@@ -52,10 +53,7 @@ class Phantom:
     @classmethod
     def load(cls, path: str | Path) -> Phantom:
         """JSON: ``{"name": ..., "units": "mm", "bead_diameter_mm": 2, "beads": [[x, y, z], ...]}``."""
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CalibrationError(f"{path}: cannot read phantom JSON ({exc})") from None
+        d = read_json(path, CalibrationError, "phantom JSON")
         if not isinstance(d, dict):
             raise CalibrationError(f"{path}: phantom JSON must be an object with a 'beads' list")
         if d.get("units", "mm") != "mm":

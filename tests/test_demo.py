@@ -73,6 +73,11 @@ def test_register_cli_exit_codes(dicom_case, tmp_path, capsys):
     assert register_main(["--ct", str(d / "ct.npz"), "--frame", str(path), "--init",
                           str(tmp_path / "bad.json"), "--out", str(tmp_path)]) == 2
     assert "PoseError" in _one_error_line(capsys.readouterr().err)
+    for name, text in (("deep.json", "[" * 100_000 + "]" * 100_000), ("latin1.json", "\xe9")):
+        (tmp_path / name).write_bytes(text.encode("latin-1"))   # nested too deep / not UTF-8
+        assert register_main(["--ct", str(d / "ct.npz"), "--frame", str(path), "--init",
+                              str(tmp_path / name), "--out", str(tmp_path)]) == 2
+        assert "PoseError" in _one_error_line(capsys.readouterr().err)
     (tmp_path / "notdicom.dcm").write_text("hello")
     assert register_main(["--ct", str(d / "ct.npz"), "--frame", str(tmp_path / "notdicom.dcm")]) == 2
     _one_error_line(capsys.readouterr().err)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -137,6 +139,21 @@ def test_circular_shutter_mask(tmp_path):
     f = read_fluoro(ds)
     assert f.valid[47, 63] and not f.valid[0, 0] and not f.valid[47, 63 + 32]
     assert f.valid.sum() == pytest.approx(np.pi * 30 ** 2, rel=0.03)
+
+
+def test_polygonal_shutter_mask_and_absurd_vertices(tmp_path):
+    ds = _xa_dataset(tmp_path)  # 128 x 96
+    ds.ShutterShape = "POLYGONAL"
+    ds.VerticesOfThePolygonalShutter = ["11", "21", "11", "100", "80", "100", "80", "21"]  # row, col (1-based)
+    f = read_fluoro(ds)
+    assert f.valid.sum() == pytest.approx(70 * 80, rel=0.05)
+    assert f.valid[40, 60] and not f.valid[5, 60] and not f.valid[40, 110]
+    # a vertex at -1e30 once became INT_MIN and made fillPoly run for 20 s: now ignored at once
+    ds.VerticesOfThePolygonalShutter = ["-1e30", "21", "11", "100", "80", "100", "80", "21"]
+    t0 = time.perf_counter()
+    f = read_fluoro(ds)
+    assert time.perf_counter() - t0 < 2.0
+    assert f.valid.all() and any("POLYGONAL" in w and "ignored" in w for w in f.warnings)
 
 
 def test_intrinsics_and_size_override(tmp_path):

@@ -51,10 +51,8 @@ def _error(msg: str) -> None:
 def load_pose_json(path: str | Path) -> np.ndarray:
     from runtime.errors import PoseError
     from runtime.core.pose import validate_pose
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PoseError(f"{path}: cannot read a pose JSON ({exc})") from None
+    from calib.jsonfile import read_json
+    d = read_json(path, PoseError, "a pose JSON")
     if isinstance(d, dict):
         d = d.get("pose", d.get("T_cam_from_ct"))
     return validate_pose(d, f"pose in {path}")

@@ -60,7 +60,7 @@ from runtime.networks.bundle_files import _COMPONENT, _open_in, _read_fd, _real_
 from runtime.networks.manifest import (  # noqa: F401
     DTYPES, MAX_BATCH_NUMEL, MAX_DEPTH, MAX_DET_SIZE, MAX_DIM, MAX_DYNAMIC_BATCH, MAX_ENGINES, MAX_FILE_BYTES,
     MAX_FILES, MAX_LIST, MAX_NETWORKS, MAX_NUMEL, MAX_RANK, MAX_RAY_SAMPLES, MAX_STRING, MAX_TENSORS, MAX_VOLUME_SIZE,
-    PRECISIONS, ROLES, _json_depth, _no_constant, _no_duplicates, _show)
+    PRECISIONS, ROLES, _no_constant, _no_duplicates, _show)
 from runtime.networks.manifest_schema import (  # noqa: F401
     _HEX64, _MISSING, _NET_NAME, _check_dynamic_batch, _check_engines, _check_geometry, _check_network, _check_onnx,
     _check_preprocessing, _check_tensors, _Schema)

@@ -63,6 +63,7 @@ from calib.geometry import Intrinsics
 from runtime.errors import BundleError, BundleSignatureError, RegistrationError
 from runtime.core.pose import geodesic_distance
 from runtime.core.volume import Volume
+from runtime.networks.backends import BACKENDS
 from runtime.networks.bundle import Bundle, load_bundle
 from runtime.networks.preprocess import (cube_direction, image_camera, level_masks, moving_projector, network_cube,
                                          network_image)
@@ -70,6 +71,7 @@ from runtime.networks.signing import configured_public_key
 from runtime.networks.sopi_params import network_volume, sopi_to_T
 from runtime.projector.projector import Projector
 from runtime.registration.centred import param_jacobian, param_update
+from runtime.registration.checks import check_choice, check_int, check_number
 from runtime.registration.solver import LMOptions, StepRejected, levenberg_marquardt
 
 __all__ = ["LearnedOptions", "BundleNetworks"]
@@ -125,6 +127,30 @@ class LearnedOptions:
     bundle_public_key: Any = None
 
 
+def check_learned_options(o: Any) -> LearnedOptions:
+    """``o`` (a `LearnedOptions`, None = defaults) with every field's type and range checked
+    (`RegistrationError` naming the field)."""
+    if o is None:
+        return LearnedOptions()
+    if not isinstance(o, LearnedOptions):
+        raise RegistrationError(f"learned must be a LearnedOptions or None, got {type(o).__name__}")
+    check_number("learned.fd_rel", o.fd_rel, 0.0, 0.1, lo_open=True)
+    check_int("learned.max_iterations", o.max_iterations, 1, 10_000)
+    check_int("learned.rounds", o.rounds, 1, 100)
+    check_number("learned.refresh_mm", o.refresh_mm, 0.0, 1e4)
+    check_number("learned.rel_decrease", o.rel_decrease, 0.0, 1.0)
+    check_number("learned.time_share", o.time_share, 0.0, 1.0)
+    check_number("learned.init_share", o.init_share, 0.0, 1.0)
+    check_number("learned.max_step_mm", o.max_step_mm, 0.0, 1e4, lo_open=True)
+    check_number("learned.xtol_mm", o.xtol_mm, 0.0, 1e3)
+    check_choice("learned.precision", o.precision, ("fp32", "fp16"))
+    check_choice("learned.network_backend", o.network_backend, BACKENDS)
+    check_int("learned.intra_op_threads", o.intra_op_threads, 1, 1024, allow_none=True)
+    check_int("learned.max_batch", o.max_batch, 1, 1024)
+    check_choice("learned.learned_stage", o.learned_stage, (True, False))
+    return o
+
+
 # ------------------------------------------------------------------------------------- networks
 def _as_bundles(bundle: Any, public_key: Any = None) -> list[Bundle]:
     """Bundles from Bundle objects and / or folders. With a site key (`public_key`, else
@@ -150,7 +176,7 @@ class BundleNetworks:
 
     def __init__(self, bundle: Any, volume: Volume, mask: np.ndarray | None,
                  options: LearnedOptions | None = None, projector_backend: str = "cpu") -> None:
-        self.options = options or LearnedOptions()
+        self.options = check_learned_options(options)
         self.bundles = _as_bundles(bundle, self.options.bundle_public_key)
         self.bundle = self.bundles[0]
         self._assign_roles()

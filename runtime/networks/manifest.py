@@ -9,10 +9,10 @@ integrity model as a whole is described in `runtime.networks.bundle` and docs/se
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from calib.jsonfile import json_depth
 from runtime.errors import BundleSchemaError
 
 SCHEMA = "sopi-bundle"
@@ -54,23 +54,6 @@ def _show(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _json_depth(text: str) -> int:
-    """Deepest [ / { nesting of a JSON text (brackets inside strings ignored); stops early past
-    MAX_DEPTH. Linear, no recursion: runs before json.loads can recurse."""
-    depth = deepest = 0
-    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text, re.S):
-        c = m.group()
-        if c in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_DEPTH:
-                    break
-        elif c in "]}":
-            depth -= 1
-    return deepest
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     d = dict(pairs)
     if len(d) != len(pairs):
@@ -93,7 +76,7 @@ def parse_manifest(raw: bytes, where: str | Path = MANIFEST) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BundleSchemaError(f"{where}: not valid JSON (not UTF-8: {e})") from None
-    if _json_depth(text) > MAX_DEPTH:
+    if json_depth(text, MAX_DEPTH) > MAX_DEPTH:
         raise BundleSchemaError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
     try:
         manifest = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

@@ -7,11 +7,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from runtime.errors import RegistrationError
+from runtime.registration.checks import check_choice, check_each, check_int, check_number
 from runtime.registration.confidence import ConfidenceModel
 from runtime.registration.pyramid import per_level
 from runtime.registration.similarity import SIMILARITIES, SimilarityKind
 
-__all__ = ["RegistrarOptions", "with_overrides"]
+__all__ = ["RegistrarOptions", "with_overrides", "check_options"]
+
+MAX_SEARCH_POSES = 10_000  # grid cells x in-plane rotations of the coarse search
 
 
 @dataclass
@@ -110,7 +113,55 @@ def with_overrides(options: RegistrarOptions | None, overrides: dict[str, Any]) 
         if k not in names:
             raise TypeError(f"unknown Registrar option {k!r} (RegistrarOptions has {sorted(names)})")
     opts = replace(options or RegistrarOptions(), **overrides)
+    check_options(opts)
+    return opts
+
+
+def check_options(opts: RegistrarOptions) -> None:
+    """Every field's type and range (`RegistrationError` naming the field): what the intensity
+    stage loops over or allocates is bounded before the first frame."""
     for kind in per_level(opts.similarity):
         if kind not in SIMILARITIES:
             raise RegistrationError(f"similarity must be one of {SIMILARITIES}, got {kind!r}")
-    return opts
+    check_each("tile_px", opts.tile_px, check_int, lo=2, hi=4096)
+    if opts.polarity != "auto" and (isinstance(opts.polarity, (bool, str)) or opts.polarity not in (1, -1)):
+        raise RegistrationError(f"option polarity={opts.polarity!r}: expected 'auto', +1 or -1")
+    check_each("level_widths", opts.level_widths, check_int, lo=4, hi=16384)
+    check_each("max_iterations", opts.max_iterations, check_int, lo=1, hi=10_000)
+    check_each("max_step_mm", opts.max_step_mm, check_number, lo=0.0, hi=1e4, lo_open=True)
+    check_each("xtol_px", opts.xtol_px, check_number, lo=0.0, hi=1e3)
+    check_each("rtol", opts.rtol, check_number, lo=0.0, hi=1.0)
+    check_number("rho_mm", opts.rho_mm, 0.0, 1e5, lo_open=True)
+    check_each("use_mask", opts.use_mask, check_choice, choices=(True, False, None))
+    check_number("mask_dilate_frac", opts.mask_dilate_frac, 0.0, 1.0)
+    check_each("sigma_px", opts.sigma_px, check_number, lo=0.0, hi=100.0)
+    check_int("min_pixels", opts.min_pixels, 1, 1 << 26)
+    check_number("max_correction_mm", opts.max_correction_mm, 0.0, 1e5, lo_open=True)
+    check_int("search_level", opts.search_level, 0, 15, allow_none=True)
+    check_number("search_range_mm", opts.search_range_mm, 0.0, 1e3)
+    check_number("search_step_mm", opts.search_step_mm, 0.0, 1e3, lo_open=True)
+    rots = check_each("search_rot_deg", opts.search_rot_deg, check_number, lo=-180.0, hi=180.0, max_len=360)
+    n = 2 * round(opts.search_range_mm / opts.search_step_mm) + 1
+    if n * n * len(rots) > MAX_SEARCH_POSES:
+        raise RegistrationError(
+            f"options search_range_mm={opts.search_range_mm:g}, search_step_mm={opts.search_step_mm:g}, "
+            f"{len(rots)} search_rot_deg give {n * n * len(rots)} search poses; at most {MAX_SEARCH_POSES}")
+    check_each("starts_per_level", opts.starts_per_level, check_int, lo=1, hi=64)
+    check_each("reject_outliers", opts.reject_outliers, check_choice, choices=(True, False))
+    check_number("outlier_k", opts.outlier_k, 0.0, 1e3, lo_open=True)
+    check_number("voxels_per_pixel", opts.voxels_per_pixel, 0.0, 1e3, lo_open=True, allow_none=True)
+    check_number("nominal_magnification", opts.nominal_magnification, 1.0, 100.0)
+    if opts.confidence is not None:
+        _check_confidence(opts.confidence)
+
+
+def _check_confidence(c: Any) -> None:
+    if not isinstance(c, ConfidenceModel):
+        raise RegistrationError(f"option confidence: expected a ConfidenceModel or None, got {type(c).__name__}")
+    check_number("confidence.sim_lo", c.sim_lo, -2.0, 2.0)
+    check_number("confidence.sim_hi", c.sim_hi, -2.0, 2.0)
+    if not c.sim_hi > c.sim_lo:
+        raise RegistrationError(f"option confidence: sim_hi={c.sim_hi:g} must exceed sim_lo={c.sim_lo:g}")
+    check_number("confidence.unc_mm", c.unc_mm, 0.0, 1e4, lo_open=True)
+    check_number("confidence.threshold", c.threshold, 0.0, 1.0)
+    check_number("confidence.correlation_factor", c.correlation_factor, 0.0, 1e6, lo_open=True)

@@ -144,9 +144,9 @@ class Registrar:
         self.warm_up_ms: float | None = None
         self._networks = None  # runtime.networks.learned.BundleNetworks: cube built, sessions opened once
         if bundle is not None:
-            from runtime.networks.learned import BundleNetworks, LearnedOptions
+            from runtime.networks.learned import BundleNetworks
 
-            self._networks = BundleNetworks(bundle, volume, mask_arr, learned or LearnedOptions(),
+            self._networks = BundleNetworks(bundle, volume, mask_arr, learned,
                                             projector_backend=self._projector.backend)
             self.bundle = self._networks.bundle
 
