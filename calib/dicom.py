@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from calib.dcmfile import dcmread_clamped
 from calib.errors import (CalibError, DicomArgumentTypeError, DicomGeometryError, DicomIntensityError,
                           DicomReadError, DicomSizeError, DicomSOPClassError, IntrinsicsError)
 from calib.frame import FluoroFrame
@@ -75,7 +76,6 @@ _PLUGIN_HINTS = {
 # --------------------------------------------------------------------------------------------- opening
 def open_dataset(src: Any) -> tuple[Any, str | None]:
     """(dataset, path or None). Files are read with large elements (the pixels) deferred."""
-    import pydicom
     from pydicom.dataset import Dataset
 
     if isinstance(src, Dataset):
@@ -87,7 +87,7 @@ def open_dataset(src: Any) -> tuple[Any, str | None]:
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size="64 KB")
+            ds = dcmread_clamped(path, defer_size="64 KB")
     except Exception as exc:  # InvalidDicomError, EOFError, struct errors, ...
         raise DicomReadError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if len(ds) == 0 and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):

@@ -10,12 +10,15 @@ the limit, the requested size and how to raise it.
 The defaults accept the clinical X-ray and CT objects an OR integrator feeds a 2D/3D registration (a
 4300 x 3500 DX, a 2048^2 cine run of a thousand frames, a 512 x 512 x 2048 CT; a 512^3 cone-beam CT
 is 2^27 voxels) and bound what one object can make the process allocate (a CT of 2^29 voxels takes a
-few GiB while it is converted). A larger genuine volume (a 0.5 mm whole-body CT) needs
+few GiB while it is converted). A compressed file may not expand more than ``max_ct_expansion``
+times into the volume (above 64 MiB), so a few-MB file cannot make the process allocate gigabytes.
+A larger genuine volume (a 0.5 mm whole-body CT) needs
 ``SOPI_MAX_CT_VOXELS``; better, crop it to the region of interest. Overrides, in order of precedence:
 
 * ``limits=Limits(max_ct_voxels=...)`` passed to the reader (or ``Limits.from_env().replace(...)``);
 * environment variables read at each call: ``SOPI_MAX_ROWS``, ``SOPI_MAX_COLUMNS``, ``SOPI_MAX_FRAMES``,
-  ``SOPI_MAX_FRAME_PIXELS``, ``SOPI_MAX_OBJECT_PIXELS``, ``SOPI_MAX_CT_VOXELS`` (positive integers;
+  ``SOPI_MAX_FRAME_PIXELS``, ``SOPI_MAX_OBJECT_PIXELS``, ``SOPI_MAX_CT_VOXELS``, ``SOPI_MAX_CT_EXPANSION``
+  (positive integers;
   ``2**31``-style expressions are not accepted, write the number);
 * the defaults below.
 
@@ -32,10 +35,11 @@ from dataclasses import dataclass
 
 from calib.errors import LimitsError
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "resolve_limits", "frame_size_problem", "ct_size_problem", "env_var",
-           "ENV_PREFIX"]
+__all__ = ["Limits", "DEFAULT_LIMITS", "resolve_limits", "frame_size_problem", "ct_size_problem",
+           "ct_expansion_problem", "env_var", "ENV_PREFIX", "EXPANSION_FREE_BYTES"]
 
 ENV_PREFIX = "SOPI_"
+EXPANSION_FREE_BYTES = 64 << 20  # volumes up to this size (float32) are not checked for expansion
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class Limits:
     max_ct_voxels: int = 2 ** 29
     # voxels of one CT volume or mask: DICOM series (slices x rows x columns), NIfTI and .npz (header
     # shape); 536 M voxels = 2 GiB as float32: 512 x 512 x 2048 (a whole-body CT at 1 mm), 1024 x 1024 x 512
+    max_ct_expansion: int = 32
+    # float32 bytes of a CT volume or mask per byte of the files it is read from, checked for volumes
+    # over 64 MiB: uncompressed int16 is 2, gzip / JPEG-lossless CT 4-10, a zero-padded one up to ~20;
+    # a 2 MB file of zeros declaring 512^3 (a "decompression bomb") is 256 and refused
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -137,3 +145,21 @@ def ct_size_problem(shape: tuple[int, ...], limits: Limits, what: str = "the vol
         n *= int(s)
     dims = " x ".join(str(int(s)) for s in shape)
     return _exceeds(f"{what} ({dims}) in voxels", n, "max_ct_voxels", limits)
+
+
+def ct_expansion_problem(shape: tuple[int, ...], file_bytes: int, limits: Limits,
+                         what: str = "the volume") -> str | None:
+    """Why a volume of ``shape`` read from ``file_bytes`` bytes of files expands too much, or None
+    (volumes up to `EXPANSION_FREE_BYTES` as float32 are always accepted)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    volume_bytes = 4 * n
+    if volume_bytes <= EXPANSION_FREE_BYTES or volume_bytes <= limits.max_ct_expansion * max(int(file_bytes), 1):
+        return None
+    dims = " x ".join(str(int(s)) for s in shape)
+    ratio = volume_bytes / max(int(file_bytes), 1)
+    return (f"{what} ({dims}, {volume_bytes / 2 ** 20:,.0f} MiB as float32) would be read from {int(file_bytes):,} "
+            f"bytes: {ratio:,.0f} times its files, over the limit of {limits.max_ct_expansion} (max_ct_expansion; "
+            "no CT compresses this well, a file of zeros does); if the file is genuine, raise it with "
+            f"limits=Limits(max_ct_expansion=...) or the environment variable {env_var('max_ct_expansion')}")

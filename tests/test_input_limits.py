@@ -4,6 +4,7 @@ the typed error says the limit, the requested size and how to raise it; `iter_fl
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import tracemalloc
 
@@ -15,7 +16,8 @@ from dicom_helpers import write_small_ct_series
 from calib import Intrinsics
 from calib.dicom import iter_fluoro, read_fluoro
 from calib.errors import DicomReadError, DicomSizeError, LimitsError
-from calib.limits import DEFAULT_LIMITS, Limits, ct_size_problem, frame_size_problem, resolve_limits
+from calib.limits import (DEFAULT_LIMITS, Limits, ct_expansion_problem, ct_size_problem, frame_size_problem,
+                          resolve_limits)
 from calib.writer import write_xa
 from runtime import load_ct, load_mask
 from runtime.errors import CTLoadError, CTSizeError
@@ -289,3 +291,112 @@ def test_npz_shapes_checked_from_headers(tmp_path):
         load_ct(tmp_path / "ok.npz", limits=Limits(max_ct_voxels=100))
     with pytest.raises(CTSizeError):
         load_mask(tmp_path / "ok.npz", limits=Limits(max_ct_voxels=100))
+
+
+# ------------------------------------------------------------------ decompression bombs (max_ct_expansion)
+def test_expansion_rule():
+    lim = Limits()
+    assert ct_expansion_problem((128, 128, 128), 10, lim) is None            # 8 MiB: under the free size
+    assert ct_expansion_problem((512, 512, 512), 256 << 20, lim) is None     # uncompressed int16: 2x
+    msg = ct_expansion_problem((512, 512, 512), 2_000_000, lim)               # 512 MiB from 2 MB: 268x
+    _assert_says_how(msg, "max_ct_expansion", "SOPI_MAX_CT_EXPANSION")
+    assert ct_expansion_problem((512, 512, 512), 2_000_000, Limits(max_ct_expansion=300)) is None
+
+
+def test_gzip_nifti_bomb_refused_from_header(tmp_path):
+    p = _nifti_with_dims(tmp_path / "bomb.nii.gz", (512, 512, 256), compress=True)  # a header, 256 MiB declared
+    tracemalloc.start()
+    try:
+        for load in (load_ct, load_mask):
+            with pytest.raises(CTSizeError, match="max_ct_expansion"):
+                load(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak
+
+
+def test_deflated_npz_of_zeros_refused_before_loading(tmp_path):
+    import zipfile
+
+    shape = (256, 512, 512)  # int16 zeros: 128 MiB in the member, ~130 kB deflated; 256 MiB as float32
+    path = tmp_path / "zeros.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("data.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<i2", "fortran_order": False, "shape": shape})
+            chunk = bytes(1 << 20)
+            for _ in range(shape[0] * shape[1] * shape[2] * 2 // len(chunk)):
+                fh.write(chunk)
+        aff = io.BytesIO()
+        np.lib.format.write_array(aff, np.eye(4))
+        zf.writestr("affine.npy", aff.getvalue())
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CTSizeError, match="max_ct_expansion"):
+            load_ct(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak
+
+
+def test_dicom_series_expansion(tmp_path, monkeypatch):
+    import calib.limits
+
+    folder = write_small_ct_series(tmp_path / "ct", rows=64, cols=64)  # int16 slices of 8 kB + header
+    assert load_ct(folder, limits=Limits(max_ct_expansion=1)).shape[0] > 1  # small volumes: never checked
+    monkeypatch.setattr(calib.limits, "EXPANSION_FREE_BYTES", 0)
+    with pytest.raises(CTSizeError, match="max_ct_expansion"):               # float32 from int16 files: ~2x
+        load_ct(folder, limits=Limits(max_ct_expansion=1))
+    assert load_ct(folder, limits=Limits(max_ct_expansion=4)).shape[0] > 1
+
+
+# ------------------------------------------------------------------ a huge length inside a sequence item
+def _xa_with_huge_item_length(path):
+    """A valid XA whose undefined-length sequence item holds an OB element claiming 0x7FFFFFF0 bytes
+    (pydicom does not defer values inside items: a plain dcmread allocates 2 GiB before reading)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    p = write_xa(path, np.ones((32, 32), np.float32), Intrinsics.perlove_plx118f().resized(32, 32))
+    ds = pydicom.dcmread(p)
+    item = Dataset()
+    item.add_new(0x00420011, "OB", b"MARKER__")
+    item.is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence = Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.save_as(p)
+    raw = bytearray(p.read_bytes())
+    i = raw.index(b"MARKER__")
+    raw[i - 4:i] = (0x7FFFFFF0).to_bytes(4, "little")
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def test_huge_length_in_a_sequence_item_is_not_allocated(tmp_path):
+    p = _xa_with_huge_item_length(tmp_path / "huge_item.dcm")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomReadError, match="huge_item.dcm"):
+            read_fluoro(p)
+        with pytest.raises(DicomReadError):
+            next(iter_fluoro(p))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak
+
+
+def test_clamped_file_reads_like_a_file(tmp_path):
+    from calib.dcmfile import ClampedFile, dcmread_clamped
+
+    p = tmp_path / "b.bin"
+    p.write_bytes(bytes(range(200)))
+    with ClampedFile(p) as fh:
+        assert fh.read(10) == bytes(range(10)) and len(fh.read(1 << 40)) == 190 and fh.read(5) == b""
+        fh.seek(195)
+        assert fh.read() == bytes(range(195, 200))
+    xa = write_xa(tmp_path / "ok.dcm", np.ones((32, 32), np.float32), Intrinsics.perlove_plx118f().resized(32, 32))
+    a, b = dcmread_clamped(xa, defer_size="1 KB"), pydicom.dcmread(xa)
+    assert a.PixelData == b.PixelData and a == b  # the deferred pixels are read from the path again

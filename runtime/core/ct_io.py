@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from calib.limits import Limits, ct_size_problem, frame_size_problem, resolve_limits
+from calib.dcmfile import dcmread_clamped
+from calib.limits import Limits, ct_expansion_problem, ct_size_problem, frame_size_problem, resolve_limits
 from calib.tags import check_floats, check_int, short_repr
 from runtime.core.volume import MU_WATER, Volume, hu_to_mu
 from runtime.errors import CTArgumentTypeError, CTLoadError, CTSizeError, VolumeError
@@ -225,6 +226,9 @@ def _check_nifti_header(path: Path, shape: tuple[int, ...], pixdim: np.ndarray, 
         if size < needed:
             raise CTLoadError(f"{path}: truncated NIfTI: the header (dim, datatype, vox_offset) needs {needed:,} "
                               f"bytes, the file has {size:,}")
+    problem = ct_expansion_problem(shape[:3], path.stat().st_size, limits, "the NIfTI image")
+    if problem:
+        raise CTSizeError(f"{path}: {problem}")
 
 
 # --------------------------------------------------------------------------------------- npz
@@ -258,6 +262,10 @@ def _npz_headers(path: Path, zf: zipfile.ZipFile, limits: Limits) -> dict[str, t
         if info.file_size < needed:
             raise CTLoadError(f"{path}: '{key}' is truncated: its header (shape {shape}, dtype {dtype}) needs "
                               f"{needed:,} bytes, the member holds {info.file_size:,}")
+        problem = ct_expansion_problem(shape, path.stat().st_size, limits, f"'{key}'") if key in ("data", "mask") \
+            else None
+        if problem:
+            raise CTSizeError(f"{path}: {problem}")
         out[key] = (tuple(int(s) for s in shape), dtype)
     return out
 
@@ -317,11 +325,10 @@ def _about(f: Path) -> Iterator[None]:
 def _read_header(f: Path) -> Any | None:
     """The dataset of ``f`` with large values (the pixels) left in the file; None for a file that is not
     DICOM (no 'DICM' prefix) and has no DICOM name; `CTLoadError` for a DICOM file that cannot be read."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(f, force=False, defer_size="16 KB")
+        return dcmread_clamped(f, force=False, defer_size="16 KB")
     except InvalidDicomError as exc:
         if f.suffix.lower() in _DICOM_SUFFIXES:
             raise CTLoadError(f"{f}: not a readable DICOM file ({exc})") from None
@@ -431,14 +438,22 @@ def _slice_header(f: Path, ds: Any, rescale: bool) -> tuple[int, int, float, flo
     return rows, cols, slope, intercept
 
 
+def _file_size(f: Path) -> int:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return 0
+
+
 def _stack_slices(folder: Path, slices: list, rescale: bool,
                   limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray]:
     limits = resolve_limits(limits)
     f0, ds0 = slices[0]
     with _about(f0):
         rows, cols, _, _ = _slice_header(f0, ds0, rescale)
-        problem = frame_size_problem(rows, cols, 1, limits) or ct_size_problem((len(slices), rows, cols), limits,
-                                                                               "the series")
+        shape = (len(slices), rows, cols)
+        problem = frame_size_problem(rows, cols, 1, limits) or ct_size_problem(shape, limits, "the series") or \
+            ct_expansion_problem(shape, sum(_file_size(f) for f, _ in slices), limits, "the series")
         if problem:
             raise CTSizeError(f"{folder}: {problem}")
         iop = _tag_floats(ds0, "ImageOrientationPatient", 6, f0)
