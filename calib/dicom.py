@@ -73,6 +73,9 @@ _PLUGIN_HINTS = {
 }
 
 
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+
+
 # --------------------------------------------------------------------------------------------- opening
 def open_dataset(src: Any) -> tuple[Any, str | None]:
     """(dataset, path or None). Files are read with large elements (the pixels) deferred."""
@@ -207,6 +210,15 @@ def _check_pixels(ds: Any, name: str) -> None:
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if kw not in ds:
             raise DicomReadError(f"{name}: missing {kw}; cannot decode the pixels")
+
+
+def _pixels_from_file(src: Any, ds: Any, path: str | None) -> bool:
+    """Decode frames from the file (one frame read at a time) rather than from the dataset: only
+    when the caller passed a path, so that a Dataset changed in memory is decoded as it is, and
+    not for a deflated file (pydicom's file-based decoders do not inflate it; its dataset is
+    already inflated in memory)."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    return path is not None and not _is_dataset(src) and ts != DEFLATED_EXPLICIT_VR_LE
 
 
 def _decode_frame(ds: Any, path: str | None, frame: int, from_file: bool = False) -> np.ndarray:
@@ -687,7 +699,7 @@ def read_fluoro(path_or_dataset: Any, frame: int | None = None, intrinsics: Intr
     _check_source(path_or_dataset, "path_or_dataset")
     calibration, ds, path, n = _open_for_frames(path_or_dataset, calibration, allow_non_projection, limits)
     name = path or "<dataset>"
-    from_file = not _is_dataset(path_or_dataset)
+    from_file = _pixels_from_file(path_or_dataset, ds, path)
     try:
         idx = _frame_index(frame, n, name)
         if intrinsics is None and calibration is None:  # fail before decoding a large frame
@@ -754,7 +766,7 @@ def _iter_frames(src: Any, intrinsics: Intrinsics | None, calibration: Any, *, f
     name = path or "<dataset>"
     try:
         indices = _frame_indices(frames, n, name)
-        pixel_src = path if path is not None and not _is_dataset(src) else ds
+        pixel_src = path if path is not None and _pixels_from_file(src, ds, path) else ds
         it = iter_pixels(pixel_src, indices=indices) if len(indices) else iter(())
         for i in indices:
             try:

@@ -400,3 +400,40 @@ def test_clamped_file_reads_like_a_file(tmp_path):
     xa = write_xa(tmp_path / "ok.dcm", np.ones((32, 32), np.float32), Intrinsics.perlove_plx118f().resized(32, 32))
     a, b = dcmread_clamped(xa, defer_size="1 KB"), pydicom.dcmread(xa)
     assert a.PixelData == b.PixelData and a == b  # the deferred pixels are read from the path again
+
+
+# ------------------------------------------------------------------ Deflated Explicit VR Little Endian
+def _deflated_copy(src, dst, **changes):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(src)
+    for k, v in changes.items():
+        setattr(ds, k, v)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+def test_deflated_file_reads_from_its_path_like_the_plain_one(tmp_path):
+    L = np.linspace(0.0, 3.0, 256 * 256, dtype=np.float32).reshape(256, 256)  # 128 kB pixels: deferred
+    plain = write_xa(tmp_path / "plain.dcm", L, Intrinsics.perlove_plx118f().resized(256, 256))
+    defl = _deflated_copy(plain, tmp_path / "deflated.dcm")
+    ref = read_fluoro(plain).image
+    np.testing.assert_array_equal(read_fluoro(defl).image, ref)
+    np.testing.assert_array_equal(next(iter_fluoro(defl)).image, ref)
+
+
+def test_deflate_bomb_refused_before_inflating(tmp_path):
+    plain = write_xa(tmp_path / "plain.dcm", np.zeros((64, 64), np.float32),
+                     Intrinsics.perlove_plx118f().resized(64, 64))
+    # 40 000 frames of zeros: 328 MB inflated from a 0.3 MB file
+    bomb = _deflated_copy(plain, tmp_path / "bomb.dcm", NumberOfFrames=40_000, PixelData=bytes(64 * 64 * 2 * 40_000))
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomReadError, match="inflates to more than"):
+            read_fluoro(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000, peak
