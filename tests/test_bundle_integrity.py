@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import BundleError, BundleHashError, BundleSchemaError, BundleSignatureError
+from runtime.networks.signing import key_fingerprint, load_public_key
 from runtime.networks.bundle import (MANIFEST, MANIFEST_DIGEST, MANIFEST_SIG, PUBLIC_KEY_ENV, Bundle, NetworkSpec,
                                      load_bundle, public_key_pem, seal_manifest, sign_bundle, write_manifest)
 
@@ -290,7 +291,14 @@ def test_site_key_from_the_environment_applies_to_registrar(tiny, keys, tmp_path
     _refused(BundleSignatureError, "requires signed bundles", b.session, "encoder_fixed", backend="onnxruntime-cpu")
     sign_bundle(tiny, priv)
     reg = Registrar(phantom64, detector64, bundle=tiny, backend="cpu")
-    assert reg._networks.bundle.signed
+    assert reg._networks.bundle.signed and reg._networks.bundle.signer == key_fingerprint(load_public_key(pub))
+    # a Bundle verified with another key (signed and loaded elsewhere) is not this site's
+    other_priv, other_pub = _keypair()
+    sign_bundle(tiny, other_priv)
+    elsewhere = load_bundle(tiny, public_key=other_pub)
+    assert elsewhere.signed and elsewhere.signer != reg._networks.bundle.signer
+    _refused(BundleSignatureError, "another public key", Registrar, phantom64, detector64, bundle=elsewhere,
+             backend="cpu")
     monkeypatch.setenv(PUBLIC_KEY_ENV, str(tmp_path / "missing.pem"))
     _refused(BundleError, "cannot read", load_bundle, tiny)  # a configured but unreadable key fails closed
 

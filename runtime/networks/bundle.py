@@ -52,6 +52,7 @@ from runtime.networks.manifest import MANIFEST, MAX_MANIFEST_BYTES, SCHEMA, SCHE
 from runtime.networks.manifest_schema import validate_manifest
 from runtime.networks.network_spec import EngineRecord, NetworkSpec, TensorSpec
 from runtime.networks.signing import (MANIFEST_DIGEST, MANIFEST_SIG, PUBLIC_KEY_ENV, _check_digest, _digest_line,
+                                      key_fingerprint,
                                       _verify_signature, configured_public_key, load_private_key, load_public_key,
                                       public_key_pem)
 
@@ -83,13 +84,15 @@ class Bundle:
     """A loaded bundle (schema-validated; unless verify=False, hash-checked).
 
     ``verify_hashes``: `read_file` checks each file's sha256 against the manifest (the bytes it
-    returns are the bytes it hashed). ``signed``: the manifest's Ed25519 signature was verified."""
+    returns are the bytes it hashed). ``signed``: the manifest's Ed25519 signature was verified;
+    ``signer``: then the `key_fingerprint` of the public key that verified it (else None)."""
 
     root: Path
     manifest: dict[str, Any]
     networks: dict[str, NetworkSpec]
     verify_hashes: bool = True
     signed: bool = False
+    signer: str | None = None
 
     @property
     def geometry(self) -> dict[str, Any]:
@@ -247,7 +250,8 @@ def _open_bundle(root: Path, verify: bool, key: Any) -> tuple[Bundle, bytes]:
     if verify:
         verify_files(root, manifest)
     networks = {n: NetworkSpec.from_dict(n, d) for n, d in manifest["networks"].items()}
-    return Bundle(root, manifest, networks, verify_hashes=verify, signed=key is not None), raw
+    return Bundle(root, manifest, networks, verify_hashes=verify, signed=key is not None,
+                  signer=key_fingerprint(key) if key is not None else None), raw
 
 
 def load_bundle(root: str | Path, *, verify: bool = True, public_key: Any = None) -> Bundle:

@@ -67,7 +67,7 @@ from runtime.networks.backends import BACKENDS
 from runtime.networks.bundle import Bundle, load_bundle
 from runtime.networks.preprocess import (cube_direction, image_camera, level_masks, moving_projector, network_cube,
                                          network_image)
-from runtime.networks.signing import configured_public_key
+from runtime.networks.signing import configured_public_key, key_fingerprint
 from runtime.networks.sopi_params import network_volume, sopi_to_T
 from runtime.projector.projector import Projector
 from runtime.registration.centred import param_jacobian, param_update
@@ -168,6 +168,11 @@ def _as_bundles(bundle: Any, public_key: Any = None) -> list[Bundle]:
                 f"{b.root}: this site requires signed bundles (a bundle public key is configured) but this "
                 "Bundle is not signed-and-verified (bundle.signed is False); pass the bundle folder, or load "
                 "it with runtime.load_bundle(folder, public_key=...)")
+        if key is not None and b.signer != key_fingerprint(key):
+            raise BundleSignatureError(
+                f"{b.root}: this Bundle was verified with another public key (fingerprint "
+                f"{str(b.signer)[:16]}...) than this site's ({key_fingerprint(key)[:16]}...); load it with "
+                "the site's key")
     return bundles
 
 

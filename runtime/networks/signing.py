@@ -31,7 +31,7 @@ SIGN_EXTRA = "sign"  # pyproject extra bringing `cryptography`
 MAX_KEY_BYTES = 64 << 10
 
 __all__ = ["MANIFEST_DIGEST", "MANIFEST_SIG", "PUBLIC_KEY_ENV", "SIGN_EXTRA", "MAX_KEY_BYTES", "load_public_key",
-           "load_private_key", "configured_public_key", "public_key_pem"]
+           "key_fingerprint",           "load_private_key", "configured_public_key", "public_key_pem"]
 
 
 # ------------------------------------------------------------------------------------ keys
@@ -104,6 +104,13 @@ def public_key_pem(private_key_pem: Any, *, password: bytes | None = None) -> by
     serialization, _, _ = _crypto()
     return load_private_key(private_key_pem, password).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_fingerprint(public_key: Any) -> str:
+    """sha256 of the raw 32-byte Ed25519 public key, hex: which key verified a bundle."""
+    serialization, _, _ = _crypto()
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def configured_public_key(public_key: Any = None):
