@@ -75,8 +75,10 @@ def _check_inflated_size(fh: ClampedFile) -> None:
     fh.seek(128 + 4 + 12 + length)  # preamble, 'DICM', the group length element, the meta
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
-    while chunk := fh.read(1 << 20):
-        while chunk and total <= cap:  # at most 4 MiB of output per call, counted and dropped
+    while not inflater.eof and (chunk := fh.read(1 << 20)):
+        # at most 4 MiB of output per call, counted and dropped (after the end of the stream
+        # zlib keeps returning b"" with a non-empty unconsumed_tail: stop there)
+        while chunk and total <= cap and not inflater.eof:
             total += len(inflater.decompress(chunk, 4 << 20))
             chunk = inflater.unconsumed_tail
         if total > cap:

@@ -328,7 +328,7 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
 
     H, W = shape
     mask = np.ones(shape, bool)
-    rr, cc = np.mgrid[1:H + 1, 1:W + 1]
+    rr, cc = np.ogrid[1:H + 1, 1:W + 1]  # broadcast: (H, 1) and (1, W)
     for prefix, shape_kw in (("Collimator", "CollimatorShape"), ("Shutter", "ShutterShape")):
         shapes = lookup_str(ds, frame, shape_kw).upper().split("\\")
         for s in [x for x in shapes if x]:

@@ -96,7 +96,8 @@ def test_input_errors_exit_2(tmp_path, capsys, phantom_files):
     assert main(["show", str(tmp_path / "list.json")]) == EXIT_INPUT
     _one_line_error(capsys)
     assert main(_phantom_argv(d, poses="missing.json")) == EXIT_INPUT    # OSError
-    assert "missing.json: No such file or directory" in _one_line_error(capsys)
+    line = _one_line_error(capsys)
+    assert "missing.json: cannot read pose guesses JSON" in line and "No such file or directory" in line
     (d / "two.json").write_text(json.dumps([np.eye(4).tolist()] * 2))
     assert main(_phantom_argv(d, poses="two.json")) == EXIT_INPUT
     assert "2 pose guesses for 1 images" in _one_line_error(capsys)

@@ -21,7 +21,9 @@ MAX_SEARCH_POSES = 10_000  # grid cells x in-plane rotations of the coarse searc
 class RegistrarOptions:
     """Tuning knobs of the intensity stage (defaults: the benchmarked configuration).
 
-    Per-level options take one value or a tuple, coarse to fine; the last entry repeats.
+    Per-level options take one value or a tuple, coarse to fine; the last entry repeats. Values
+    are checked when a Registrar is built (`check_options`): a wrong type or a value out of range
+    is a `RegistrationError` naming the field (the coarse search is at most 10 000 poses).
 
     Attributes:
         similarity: "lgc" | "lncc" | "gc" | "ncc" | "ncc+gc" (see
