@@ -1,0 +1,148 @@
+"""sopi-serve: register every fluoroscopy frame that arrives in a watched folder, in tracking mode,
+and answer each with one JSON line (pose, status, confidence, latency; failed and rejected frames
+included, with why). Loads the CT once, warms up, runs until SIGINT / SIGTERM (the frame in hand
+is finished, the output closed). Options come from --config (TOML, the same names with
+underscores) and the flags, which win. Exit codes: see the end of --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from runtime.cli.args import positive_float
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 1
+
+EPILOG = """\
+exit codes:
+  0  stopped by SIGINT / SIGTERM after a clean shutdown
+  1  an unexpected internal error ("internal error, please report")
+  2  usage or start-up error: bad arguments or config, an unreadable CT, mask, calibration or pose
+     file, a folder that cannot be watched or an output that cannot be written
+
+example (sample inputs from `sopi-demo --write-samples DIR`):
+  sopi-serve --ct DIR/ct --mask DIR/mask.npz --calib DIR/calibration.json --watch incoming/ --jsonl poses.jsonl
+"""
+
+OPTIONS = ("ct", "mask", "watch", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
+           "poll_s", "settle_s", "bundle", "log_level")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sopi-serve", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, help="TOML file with any of the options below (flags win)")
+    ap.add_argument("--ct", help="CT: DICOM series folder, NIfTI or .npz")
+    ap.add_argument("--mask", help="vertebra label mask (NIfTI, .npz or DICOM) on the CT grid")
+    ap.add_argument("--watch", help="folder to watch for new DICOM frames (XA, XRF, DX, CR, enhanced, multi-frame)")
+    ap.add_argument("--jsonl", help="JSON-lines output file, appended ('-': stdout; default: stdout)")
+    ap.add_argument("--calib", help="calibration JSON or profile name (default: the frames' DICOM tags)")
+    ap.add_argument("--init", help="start without a tracked pose: dicom (positioner angles, default), "
+                                   "network (needs --bundle) or a pose JSON file")
+    ap.add_argument("--budget-ms", type=positive_float, help="deadline per frame in ms ('none': no deadline)")
+    ap.add_argument("--backend", choices=("auto", "cpu", "cuda"), help="projector backend (default auto)")
+    ap.add_argument("--reinit-after", type=int, help="frames in a row not accepted before tracking restarts "
+                                                     "from --init (default 3)")
+    ap.add_argument("--poll-s", type=float, help="folder poll interval in s (default 0.1)")
+    ap.add_argument("--settle-s", type=float, help="a file is read once unchanged for this long (default 0.2)")
+    ap.add_argument("--bundle", help="bundle folder (network init, learned stage)")
+    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    return ap
+
+
+DEFAULTS: dict[str, Any] = {"jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto", "reinit_after": 3,
+                            "poll_s": 0.1, "settle_s": 0.2, "log_level": "info"}
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults < TOML config < flags. ValueError naming the key for unknown keys or bad values."""
+    import tomllib
+
+    cfg = dict(DEFAULTS)
+    if args.config is not None:
+        try:
+            data = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{args.config}: cannot read the TOML config ({exc})") from None
+        unknown = sorted(set(data) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"{args.config}: unknown keys {unknown} (known: {', '.join(OPTIONS)})")
+        cfg.update(data)
+    cfg.update({k: v for k, v in vars(args).items() if k in OPTIONS and v is not None})
+    for key in ("ct", "watch"):
+        if not cfg.get(key):
+            raise ValueError(f"--{key} is required (flag or config key {key!r})")
+    if cfg["budget_ms"] is not None:
+        from runtime.registration.timing import check_budget_ms
+        cfg["budget_ms"] = check_budget_ms(cfg["budget_ms"])
+    for key, lo in (("reinit_after", 1), ("poll_s", 0.001), ("settle_s", 0.0)):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < 3600:
+            raise ValueError(f"{key} must be a number in [{lo}, 3600), got {v!r}")
+    return cfg
+
+
+def _build(cfg: dict[str, Any]):
+    """(registrar, service, source, sink) from the configuration; raises on bad input."""
+    from calib.calibration import load_calibration
+    from calib.geometry import Intrinsics
+    from runtime.cli.register import load_pose_json
+    from runtime.core.ct_io import load_ct
+    from runtime.registration.registrar import Registrar
+    from runtime.serve import FolderSource, JsonlSink, Service
+
+    calib = load_calibration(cfg["calib"]) if cfg.get("calib") else None
+    init = cfg["init"] if cfg["init"] in ("dicom", "network") else load_pose_json(cfg["init"])
+    source = FolderSource(cfg["watch"], poll_s=cfg["poll_s"], settle_s=cfg["settle_s"])
+    vol = load_ct(cfg["ct"], mask=cfg.get("mask"))
+    intr = calib.intrinsics if calib is not None else Intrinsics.perlove_plx118f()
+    reg = Registrar(vol, intr, backend=cfg["backend"], budget_ms=cfg["budget_ms"], bundle=cfg.get("bundle"))
+    sink = JsonlSink(cfg["jsonl"])
+    service = Service(reg, [sink], init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib)
+    return reg, service, source, sink
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_INPUT if exc.code else EXIT_OK
+    from calib.errors import SopiError
+
+    log = logging.getLogger("sopi.serve")
+    try:
+        cfg = load_config(args)
+        logging.basicConfig(level=cfg["log_level"].upper(), stream=sys.stderr,
+                            format="%(asctime)s sopi-serve %(levelname)s %(message)s")
+        log.info("loading CT %s", cfg["ct"])
+        reg, service, source, sink = _build(cfg)
+        log.info("registrar ready on %s; warming up", reg.backend)
+        log.info("warm-up %.0f ms; watching %s", reg.warm_up(), source.folder)
+    except (SopiError, OSError, ValueError) as exc:
+        print(f"sopi-serve: error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_INPUT
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service.run(source, stop)
+    except Exception as exc:  # noqa: BLE001
+        print(f"sopi-serve: error: internal error, please report: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        sink.close()
+    log.info("stopped: %s", service.health())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

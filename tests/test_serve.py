@@ -1,0 +1,195 @@
+"""sopi-serve's library and CLI on real files: XA frames written with our writer into a watched
+folder, registered in tracking mode, one JSON line per frame (rejected and failed ones included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.geometry import Intrinsics
+from calib.writer import write_xa
+from runtime import Registrar
+from runtime.registration.metrics import reprojection_distance_mm
+from runtime.serve import FolderSource, FrameRecord, JsonlSink, Service
+from runtime.synthetic.frames import pa_pose, perturb_pose, synthesize_frame
+from runtime.synthetic.phantom import make_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    np.savez(d / "ct.npz", data=vol.data, affine=vol.affine, mask=vol.mask, units="mu")
+    intr = Intrinsics.perlove_plx118f(8)
+    poses, frames = [], []
+    for i in range(3):  # the anatomy moves ~1 mm / 0.5 deg between frames, as in cine
+        T = perturb_pose(pa_pose(vol.centre, 700.0), vol.centre, [1.0 + 0.5 * i, -1.0, 1.5], [3.0 + i, -2.0, 5.0])
+        fr = synthesize_frame(vol, intr, T, rng=np.random.default_rng(i), i0=np.inf)
+        frames.append(write_xa(d / f"src_{i}.dcm", fr.line_integrals, intr, sod_mm=700.0))
+        poses.append(T)
+    return d, vol, intr, poses, frames
+
+
+@pytest.fixture(scope="module")
+def registrar(case):
+    d, vol, intr, *_ = case
+    reg = Registrar(vol, intr, backend="cpu")
+    reg.warm_up()
+    return reg
+
+
+class ListSink:
+    def __init__(self):
+        self.records: list[FrameRecord] = []
+
+    def write(self, rec):
+        self.records.append(rec)
+
+
+def _wait(pred, timeout=120.0):
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_service_tracks_frames_and_answers_every_file(case, registrar, tmp_path):
+    d, vol, intr, poses, frames = case
+    watch = tmp_path / "in"
+    watch.mkdir()
+    sink, jsonl = ListSink(), JsonlSink(tmp_path / "out.jsonl")
+    service = Service(registrar, [sink, jsonl], init="dicom")
+    stop = threading.Event()
+    th = threading.Thread(target=service.run, args=(FolderSource(watch, poll_s=0.02, settle_s=0.05), stop))
+    th.start()
+    try:
+        for i, src in enumerate(frames):  # atomic rename, as a DICOM receiver would write them
+            (watch / f"f{i}.dcm.part").write_bytes(src.read_bytes())
+            os.replace(watch / f"f{i}.dcm.part", watch / f"f{i}.dcm")
+            _wait(lambda: len(sink.records) == i + 1)
+        (watch / "junk.dcm").write_bytes(b"not dicom at all")
+        _wait(lambda: len(sink.records) == 4)
+    finally:
+        stop.set()
+        th.join(30)
+        jsonl.close()
+    recs = sink.records
+    assert [r.seq for r in recs] == [0, 1, 2, 3]
+    assert [r.start for r in recs[:3]] == ["dicom", "tracking", "tracking"]
+    for r, T in zip(recs[:3], poses):
+        assert r.outcome == "accepted" and r.reason == "" and r.frame_index == 0 and r.latency_ms > 0
+        err = reprojection_distance_mm(np.array(r.result["pose"]), T, vol.mask_points(max_points=1000), intr)
+        assert err < 1.0, err
+    assert recs[3].outcome == "rejected" and "junk.dcm" in recs[3].reason and recs[3].result is None
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [x["outcome"] for x in lines] == [r.outcome for r in recs]
+    assert lines[0]["result"]["pose"] == recs[0].result["pose"]
+
+
+def test_reinitialises_after_frames_not_accepted(case, registrar):
+    d, vol, intr, poses, frames = case
+    sink = ListSink()
+    service = Service(registrar, [sink], init="dicom", reinit_after=2)
+    service.handle_file(frames[0])
+    assert sink.records[-1].outcome == "accepted"
+    blank = d / "blank.dcm"
+    write_xa(blank, np.zeros((intr.height, intr.width), np.float32), intr, sod_mm=700.0)
+    for _ in range(2):
+        service.handle_file(blank)
+    assert [r.start for r in sink.records[1:]] == ["tracking", "tracking"]
+    assert all(r.outcome in ("not_accepted", "failed", "rejected") and r.reason for r in sink.records[1:])
+    service.handle_file(frames[1])  # two misses in a row: start from the DICOM angles again
+    assert sink.records[-1].start == "dicom" and sink.records[-1].outcome == "accepted"
+
+
+def test_folder_source_waits_for_complete_files(tmp_path):
+    src = FolderSource(tmp_path, poll_s=0.01, settle_s=0.05)
+    (tmp_path / ".hidden").write_bytes(b"x")
+    (tmp_path / "a.dcm.part").write_bytes(b"x" * 10)
+    (tmp_path / "b.dcm").write_bytes(b"x" * 10)
+    assert src.poll() == []                                   # first sight: not settled yet
+    time.sleep(0.06)
+    assert src.poll() == [tmp_path / "b.dcm"]                 # settled; .part and hidden never
+    with open(tmp_path / "c.dcm", "wb") as fh:                # a slow writer
+        fh.write(b"x")
+        fh.flush()
+        src.poll()
+        time.sleep(0.06)
+        fh.write(b"y" * 100)
+        fh.flush()
+        assert src.poll() == []                               # it changed: wait again
+    time.sleep(0.06)
+    assert src.poll() == [tmp_path / "c.dcm"] and src.poll() == []
+    os.replace(tmp_path / "a.dcm.part", tmp_path / "a.dcm")  # renamed into place
+    src.poll()
+    time.sleep(0.06)
+    assert src.poll() == [tmp_path / "a.dcm"]
+    (tmp_path / "b.dcm").write_bytes(b"z" * 20)               # replaced: handed over again
+    src.poll()
+    time.sleep(0.06)
+    assert src.poll() == [tmp_path / "b.dcm"]
+    with pytest.raises(NotADirectoryError):
+        FolderSource(tmp_path / "nope")
+
+
+def test_records_never_hold_nan():
+    rec = FrameRecord(0, "folder", "x.dcm", None, 1.0, float("nan"), "failed", "why",
+                      result={"similarity": float("inf")})
+    d = json.loads(rec.to_json())
+    assert d["latency_ms"] is None and d["result"]["similarity"] is None
+
+
+def _serve(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli.serve", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_serves_until_sigterm(case, tmp_path):
+    d, vol, intr, poses, frames = case
+    watch, out = tmp_path / "in", tmp_path / "poses.jsonl"
+    watch.mkdir()
+    (tmp_path / "serve.toml").write_text(f'ct = "{d / "ct.npz"}"\nbackend = "cpu"\npoll_s = 0.05\n')
+    proc = _serve(["--config", str(tmp_path / "serve.toml"), "--watch", str(watch), "--jsonl", str(out)])
+    try:
+        (watch / "f0.dcm").write_bytes(frames[0].read_bytes())
+        _wait(lambda: out.is_file() and out.read_text().count("\n") >= 1 or proc.poll() is not None, 300)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["outcome"] == "accepted" and rec["start"] == "dicom"
+    assert reprojection_distance_mm(np.array(rec["result"]["pose"]), poses[0], vol.mask_points(max_points=1000), intr) < 1.0
+    assert "stopped: 1 frames" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--watch", "."], "--ct is required"),
+    (["--ct", "nope.npz", "--watch", "."], "CTLoadError"),
+    (["--ct", "x", "--watch", ".", "--budget-ms", "0"], "budget"),
+])
+def test_cli_startup_errors_exit_2(args, needle):
+    proc = _serve(args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_cli_config_unknown_key_exit_2(tmp_path):
+    (tmp_path / "c.toml").write_text('ct = "x"\nwatch = "."\nport = 5\n')
+    proc = _serve(["--config", str(tmp_path / "c.toml")])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "unknown keys ['port']" in err, err
