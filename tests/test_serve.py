@@ -72,7 +72,7 @@ def test_service_tracks_frames_and_answers_every_file(case, registrar, tmp_path)
     sink, jsonl = ListSink(), JsonlSink(tmp_path / "out.jsonl")
     service = Service(registrar, [sink, jsonl], init="dicom")
     stop = threading.Event()
-    th = threading.Thread(target=service.run, args=(FolderSource(watch, poll_s=0.02, settle_s=0.05), stop))
+    th = threading.Thread(target=service.run, args=(stop, FolderSource(watch, poll_s=0.02, settle_s=0.05)))
     th.start()
     try:
         for i, src in enumerate(frames):  # atomic rename, as a DICOM receiver would write them

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        service.run(source, stop)
+        service.run(stop, folder=source)
     except Exception as exc:  # noqa: BLE001
         print(f"sopi-serve: error: internal error, please report: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

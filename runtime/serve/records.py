@@ -9,11 +9,12 @@ from typing import Any
 
 __all__ = ["FrameRecord", "OUTCOMES"]
 
-OUTCOMES = ("accepted", "not_accepted", "failed", "rejected")
+OUTCOMES = ("accepted", "not_accepted", "failed", "rejected", "dropped")
 # accepted: registered, the pose may be used; not_accepted: registered, the pose must not be used
 # (status failed / diverged or not confident); failed: the registration could not run on this frame
 # (no start pose, a frame that does not fit the CT, an internal error); rejected: the input is not a
-# usable frame (unreadable file, not a projection image, bad tags)
+# usable frame (unreadable file, not a projection image, bad tags); dropped: never registered (a
+# newer frame replaced it in a full inbox, or the service stopped)
 
 
 @dataclass
@@ -22,8 +23,8 @@ class FrameRecord:
 
     Attributes:
         seq: running number of the record (from 0)
-        source: where the frame came from ("folder")
-        source_id: the file name
+        source: where the frame came from ("folder", or "dicom:<calling AE title>")
+        source_id: the file name, or the SOP Instance UID of a received Dataset
         frame_index: frame of the object (None: the file or its first frame could not be read)
         received_unix: when the frame was received (seconds since the epoch)
         latency_ms: from receipt to this record

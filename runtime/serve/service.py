@@ -4,6 +4,11 @@
 Tracking: a frame starts from the last accepted pose; after ``reinit_after`` frames in a row that
 were not accepted (or when there is no accepted pose yet) it starts from ``init`` again ("dicom":
 the frame's positioner angles; a 4x4 pose; "network": the bundle's initialiser).
+
+Sources put `Item`s (file paths, pydicom Datasets) into the service's `Inbox` with `submit`, from
+any thread; `run` registers them one at a time. When the inbox is full the oldest item is dropped
+with a "dropped" record (latest frame wins); at shutdown the frame in hand is finished and what is
+still queued gets a "dropped" record too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 
 from calib.errors import SopiError
 from runtime.serve.folder import FolderSource
-from runtime.serve.records import FrameRecord
+from runtime.serve.inbox import Inbox, Item
+from runtime.serve.records import OUTCOMES, FrameRecord
 
 __all__ = ["Service"]
 
@@ -37,10 +43,11 @@ class Service:
         reinit_after: consecutive frames not accepted before tracking restarts from ``init``.
         calibration: passed to `calib.dicom.iter_fluoro` (a `Calibration`, profile name or JSON path).
         budget_ms: deadline per frame (None: the registrar's).
+        inbox_size: received objects waiting at most; beyond, the oldest is dropped (and recorded).
     """
 
     def __init__(self, registrar: Any, sinks: Iterable[Any], *, init: Any = "dicom", reinit_after: int = 3,
-                 calibration: Any = None, budget_ms: float | None = None) -> None:
+                 calibration: Any = None, budget_ms: float | None = None, inbox_size: int = 4) -> None:
         if isinstance(init, str) and init not in ("dicom", "network"):
             raise ValueError(f"init must be 'dicom', 'network' or a 4x4 pose, got {init!r}")
         if isinstance(reinit_after, bool) or not isinstance(reinit_after, int) or reinit_after < 1:
@@ -51,7 +58,9 @@ class Service:
         self.reinit_after = reinit_after
         self.calibration = calibration
         self.budget_ms = budget_ms
+        self.inbox = Inbox(inbox_size)
         self.counts: Counter[str] = Counter()
+        self._lock = threading.RLock()  # records and counters (sources submit from their threads)
         self._seq = 0
         self._tracked: np.ndarray | None = None
         self._misses = 0
@@ -92,48 +101,70 @@ class Service:
     def _missed(self) -> None:
         self._misses += 1
 
-    def handle_file(self, path: str | Path, received_unix: float | None = None,
-                    received_mono: float | None = None) -> list[FrameRecord]:
-        """Every frame of a DICOM file; a file that cannot be read gives one "rejected" record, a
-        frame that cannot be decoded midway one more."""
+    def submit(self, item: Item) -> None:
+        """Queue a received object (any thread); the item it displaces, if any, is recorded as dropped."""
+        dropped = self.inbox.put(item)
+        if dropped is not None:
+            self._emit_item(dropped, "dropped", "the inbox was full: a newer frame replaced it (latest frame wins)")
+
+    def handle_file(self, path: str | Path) -> list[FrameRecord]:
+        """Every frame of a DICOM file, now (no inbox)."""
+        path = Path(path)
+        return self.handle_item(Item(path, "folder", path.name))
+
+    def handle_item(self, item: Item) -> list[FrameRecord]:
+        """Every frame of a received file or Dataset; an object that cannot be read gives one
+        "rejected" record, a frame that cannot be decoded midway one more."""
         from calib.dicom import iter_fluoro
 
-        received_unix = time.time() if received_unix is None else received_unix
-        received_mono = time.perf_counter() if received_mono is None else received_mono
-        path = Path(path)
         records: list[FrameRecord] = []
         index = 0  # frames read so far
         try:
-            for frame in iter_fluoro(path, calibration=self.calibration):
-                records.append(self.handle_frame(frame, "folder", path.name, index, received_unix, received_mono))
+            for frame in iter_fluoro(item.payload, calibration=self.calibration):
+                records.append(self.handle_frame(frame, item.source, item.source_id, index, item.received_unix,
+                                                 item.received_mono))
                 index += 1
         except (SopiError, OSError) as exc:
-            records.append(self._emit("folder", path.name, index or None, received_unix, received_mono,
-                                      "rejected", f"{type(exc).__name__}: {exc}"))
+            records.append(self._emit_item(item, "rejected", f"{type(exc).__name__}: {exc}", index or None))
         except Exception as exc:  # noqa: BLE001
-            log.exception("internal error reading %s", path)
-            records.append(self._emit("folder", path.name, index or None, received_unix, received_mono,
-                                      "rejected", f"internal error, please report: {type(exc).__name__}: {exc}"))
+            log.exception("internal error reading %s", item.source_id)
+            records.append(self._emit_item(item, "rejected", f"internal error, please report: "
+                                                             f"{type(exc).__name__}: {exc}", index or None))
         return records
 
     # ------------------------------------------------------------------------------ loop
-    def run(self, source: FolderSource, stop: threading.Event, *, health_s: float = 1.0) -> None:
-        """Poll ``source`` until ``stop`` is set; the file in hand is finished first. A health
-        line goes to the log every ``health_s``."""
+    def run(self, stop: threading.Event, folder: FolderSource | None = None, *, health_s: float = 1.0,
+            wait_s: float = 0.1) -> None:
+        """Register what arrives until ``stop`` is set (polling ``folder`` too, if given); the item
+        in hand is finished first, what is still queued is recorded as dropped. Every ``health_s``
+        a health line goes to the log and to the sinks that have a ``health(text)`` method."""
         next_health = time.monotonic() + health_s
         while not stop.is_set():
-            for path in source.poll():
-                self.handle_file(path)
-                if stop.is_set():
-                    break
+            if folder is not None:
+                for path in folder.poll():
+                    self.submit(Item(path, "folder", path.name))
+            item = self.inbox.get(folder.poll_s if folder is not None else wait_s)
+            if item is not None:
+                self.handle_item(item)
             if time.monotonic() >= next_health:
-                log.info("health: %s", self.health())
+                self._health()
                 next_health = time.monotonic() + health_s
-            stop.wait(source.poll_s)
+        while (item := self.inbox.get(0.0)) is not None:
+            self._emit_item(item, "dropped", "the service stopped before this frame was registered")
+
+    def _health(self) -> None:
+        text = self.health()
+        log.info("health: %s", text)
+        for sink in self.sinks:
+            if hasattr(sink, "health"):
+                try:
+                    sink.health(text)
+                except Exception:  # noqa: BLE001
+                    log.exception("sink %r failed on the health message", sink)
 
     def health(self) -> str:
         """One line: frames per outcome, tracking state, last latency."""
-        counts = ", ".join(f"{k} {self.counts.get(k, 0)}" for k in ("accepted", "not_accepted", "failed", "rejected"))
+        counts = ", ".join(f"{k} {self.counts.get(k, 0)}" for k in OUTCOMES)
         state = "tracking" if self._tracked is not None and self._misses < self.reinit_after else "initialising"
         return f"{self._seq} frames ({counts}); {state}; last latency {self._last_latency_ms:.0f} ms"
 
@@ -141,15 +172,20 @@ class Service:
     def _emit(self, source: str, source_id: str, frame_index: int | None, received_unix: float,
               received_mono: float, outcome: str, reason: str, start: str = "",
               result: dict | None = None) -> FrameRecord:
-        latency = (time.perf_counter() - received_mono) * 1e3
-        rec = FrameRecord(self._seq, source, source_id, frame_index, received_unix, latency, outcome, reason,
-                          start, result)
-        self._seq += 1
-        self.counts[outcome] += 1
-        self._last_latency_ms = latency
-        for sink in self.sinks:
-            try:
-                sink.write(rec)
-            except Exception:  # noqa: BLE001 - a broken sink must not stop the others
-                log.exception("sink %r failed on record %d", sink, rec.seq)
-        return rec
+        with self._lock:
+            latency = (time.perf_counter() - received_mono) * 1e3
+            rec = FrameRecord(self._seq, source, source_id, frame_index, received_unix, latency, outcome, reason,
+                              start, result)
+            self._seq += 1
+            self.counts[outcome] += 1
+            self._last_latency_ms = latency
+            for sink in self.sinks:
+                try:
+                    sink.write(rec)
+                except Exception:  # noqa: BLE001 - a broken sink must not stop the others
+                    log.exception("sink %r failed on record %d", sink, rec.seq)
+            return rec
+
+    def _emit_item(self, item: Item, outcome: str, reason: str, frame_index: int | None = None) -> FrameRecord:
+        return self._emit(item.source, item.source_id, frame_index, item.received_unix, item.received_mono,
+                          outcome, reason)
