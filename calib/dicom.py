@@ -38,7 +38,7 @@ from calib.limits import Limits, frame_size_problem, resolve_limits
 from calib.tags import (as_float, as_floats, as_str, check_int, format_values, lookup, lookup_float,
                         lookup_floats, lookup_str, short_repr)
 
-__all__ = ["read_fluoro", "iter_fluoro", "intrinsics_from_dataset", "SOP_CLASSES", "open_dataset"]
+__all__ = ["read_fluoro", "iter_fluoro", "check_fluoro", "intrinsics_from_dataset", "SOP_CLASSES", "open_dataset"]
 
 SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.12.1": "XA",
@@ -643,6 +643,15 @@ def _frame_intrinsics(name: str, size: tuple[int, int], K_tags: Intrinsics | Non
             warns.append(f"tag focal length {Kt.fx:.1f} px differs from the {k_source} one {K.fx:.1f} px by "
                          f"{100 * abs(Kt.fx / K.fx - 1):.1f} %")
     return K, k_source
+
+
+def check_fluoro(src: Any, *, allow_non_projection: bool = False, limits: Limits | None = None) -> int:
+    """The number of frames of an X-ray object, after the checks `read_fluoro` makes before
+    decoding (SOP class, pixel data, declared sizes); nothing is decoded. Raises the same typed
+    errors (`DicomSOPClassError`, `DicomSizeError`, `DicomReadError`). A DICOM receiver uses it to
+    answer a C-STORE with the right status."""
+    _check_source(src, "src")
+    return _open_for_frames(src, None, allow_non_projection, limits)[3]
 
 
 def _open_for_frames(src: Any, calibration: Any, allow_non_projection: bool,

@@ -193,3 +193,90 @@ def test_cli_config_unknown_key_exit_2(tmp_path):
     proc = _serve(["--config", str(tmp_path / "c.toml")])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "unknown keys ['port']" in err, err
+
+
+# ----------------------------------------------------------------- DICOM C-STORE in, OpenIGTLink out
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dicom_store_in_openigtlink_out(case, registrar):
+    pynetdicom = pytest.importorskip("pynetdicom")
+    pyigtl = pytest.importorskip("pyigtl")
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pynetdicom.sop_class import CTImageStorage, XRayAngiographicImageStorage
+
+    from runtime.serve.dicom_scp import DicomReceiver
+    from runtime.serve.igtl import RAS_TO_LPS, IgtlSink
+
+    d, vol, intr, poses, frames = case
+    sink, dport, iport = ListSink(), _free_port(), _free_port()
+    igtl = IgtlSink(iport)
+    service = Service(registrar, [sink, igtl], init="dicom")
+    rx = DicomReceiver(service, dport, ae_title="SOPI", host="127.0.0.1", allowed_aes=["CARM"])
+    stop = threading.Event()
+    th = threading.Thread(target=service.run, args=(stop,))
+    th.start()
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", iport)
+    try:
+        _wait(igtl.server.is_connected, 10)
+        scu = pynetdicom.AE(ae_title="CARM")
+        scu.add_requested_context(XRayAngiographicImageStorage)
+        scu.add_requested_context(CTImageStorage)
+        assoc = scu.associate("127.0.0.1", dport, ae_title="SOPI")
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(frames[0])).Status == 0x0000
+        assert assoc.send_c_store(pydicom.dcmread(get_testdata_file("CT_small.dcm"))).Status == 0x0122
+        bad = pydicom.dcmread(frames[1])
+        bad.NumberOfFrames = 10 ** 8  # a header the reader refuses before decoding
+        assert assoc.send_c_store(bad).Status == 0xC210
+        assoc.release()
+        msg = client.wait_for_message("CTToCArm", timeout=120)
+        assert msg is not None
+        T = np.asarray(msg.matrix, float) @ RAS_TO_LPS  # back to T_cam_from_ct (CT in LPS)
+        assert reprojection_distance_mm(T, poses[0], vol.mask_points(max_points=1000), intr) < 1.0
+        status = client.wait_for_message("SopiStatus", timeout=30)
+        assert status is not None and "outcome=" in status.string
+        # an AE title that is not allowed is not let in; an SCU that aborts mid-association is survived
+        other = pynetdicom.AE(ae_title="INTRUDER")
+        other.add_requested_context(XRayAngiographicImageStorage)
+        assert not other.associate("127.0.0.1", dport, ae_title="SOPI").is_established
+        assoc = scu.associate("127.0.0.1", dport, ae_title="SOPI")
+        assoc.abort()
+        assoc = scu.associate("127.0.0.1", dport, ae_title="SOPI")
+        assert assoc.send_c_store(pydicom.dcmread(frames[1])).Status == 0x0000
+        assoc.release()
+        _wait(lambda: len(sink.records) == 4, 120)
+    finally:
+        stop.set()
+        th.join(60)
+        client.stop()
+        rx.close()
+        igtl.close()
+    by_outcome = sorted(r.outcome for r in sink.records)
+    assert by_outcome == ["accepted", "accepted", "rejected", "rejected"], [(r.outcome, r.reason) for r in sink.records]
+    rejected = [r for r in sink.records if r.outcome == "rejected"]
+    assert all(r.source == "dicom:CARM" for r in sink.records)
+    assert any("DicomSOPClassError" in r.reason for r in rejected) and any("Number of Frames" in r.reason
+                                                                          for r in rejected)
+
+
+def test_full_inbox_drops_the_oldest_with_a_record(case, registrar):
+    from runtime.serve.inbox import Item
+
+    d, vol, intr, poses, frames = case
+    sink = ListSink()
+    service = Service(registrar, [sink], init="dicom", inbox_size=1)
+    service.submit(Item(frames[0], "folder", "a"))
+    service.submit(Item(frames[1], "folder", "b"))   # a is dropped: latest frame wins
+    assert [(r.source_id, r.outcome) for r in sink.records] == [("a", "dropped")]
+    stop = threading.Event()
+    stop.set()                                       # stopping at once: b is recorded as dropped too
+    service.run(stop)
+    assert [(r.source_id, r.outcome) for r in sink.records] == [("a", "dropped"), ("b", "dropped")]
+    assert "stopped" in sink.records[1].reason

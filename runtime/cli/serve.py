@@ -1,8 +1,10 @@
-"""sopi-serve: register every fluoroscopy frame that arrives in a watched folder, in tracking mode,
-and answer each with one JSON line (pose, status, confidence, latency; failed and rejected frames
-included, with why). Loads the CT once, warms up, runs until SIGINT / SIGTERM (the frame in hand
-is finished, the output closed). Options come from --config (TOML, the same names with
-underscores) and the flags, which win. Exit codes: see the end of --help.
+"""sopi-serve: register every fluoroscopy frame that arrives -- sent by DICOM C-STORE or written into a
+watched folder -- in tracking mode, and answer each with one JSON line (pose, status, confidence,
+latency; failed, rejected and dropped frames included, with why) and, with --igtl-port, an
+OpenIGTLink TRANSFORM (accepted poses) and STRING (every frame, and health every second). Loads the
+CT once, warms up, runs until SIGINT / SIGTERM (the frame in hand is finished, queued frames are
+recorded as dropped, sockets and the output closed). Options come from --config (TOML, the same
+names with underscores) and the flags, which win. Exit codes: see the end of --help.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ exit codes:
 
 example (sample inputs from `sopi-demo --write-samples DIR`):
   sopi-serve --ct DIR/ct --mask DIR/mask.npz --calib DIR/calibration.json --watch incoming/ --jsonl poses.jsonl
+  sopi-serve --ct DIR/ct --mask DIR/mask.npz --dicom-port 11112 --ae-title SOPI --igtl-port 18944
 """
 
-OPTIONS = ("ct", "mask", "watch", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
-           "poll_s", "settle_s", "bundle", "log_level")
+OPTIONS = ("ct", "mask", "watch", "dicom_port", "ae_title", "allowed_aes", "igtl_port", "device_name", "jsonl",
+           "calib", "init", "budget_ms", "backend", "reinit_after", "poll_s", "settle_s", "inbox_size", "bundle",
+           "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ct", help="CT: DICOM series folder, NIfTI or .npz")
     ap.add_argument("--mask", help="vertebra label mask (NIfTI, .npz or DICOM) on the CT grid")
     ap.add_argument("--watch", help="folder to watch for new DICOM frames (XA, XRF, DX, CR, enhanced, multi-frame)")
+    ap.add_argument("--dicom-port", type=int, help="listen for DICOM C-STORE on this port (all interfaces)")
+    ap.add_argument("--ae-title", help="called AE title of the DICOM receiver (default SOPI)")
+    ap.add_argument("--allowed-aes", help="comma-separated calling AE titles accepted (default: any)")
+    ap.add_argument("--igtl-port", type=int, help="OpenIGTLink server port on 127.0.0.1 (Slicer: 18944)")
+    ap.add_argument("--device-name", help="OpenIGTLink TRANSFORM device name (default CTToCArm)")
     ap.add_argument("--jsonl", help="JSON-lines output file, appended ('-': stdout; default: stdout)")
     ap.add_argument("--calib", help="calibration JSON or profile name (default: the frames' DICOM tags)")
     ap.add_argument("--init", help="start without a tracked pose: dicom (positioner angles, default), "
@@ -53,13 +62,16 @@ def _parser() -> argparse.ArgumentParser:
                                                      "from --init (default 3)")
     ap.add_argument("--poll-s", type=float, help="folder poll interval in s (default 0.1)")
     ap.add_argument("--settle-s", type=float, help="a file is read once unchanged for this long (default 0.2)")
+    ap.add_argument("--inbox-size", type=int, help="frames waiting at most; beyond, the oldest is dropped "
+                                                   "and recorded (default 4)")
     ap.add_argument("--bundle", help="bundle folder (network init, learned stage)")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     return ap
 
 
 DEFAULTS: dict[str, Any] = {"jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto", "reinit_after": 3,
-                            "poll_s": 0.1, "settle_s": 0.2, "log_level": "info"}
+                            "poll_s": 0.1, "settle_s": 0.2, "inbox_size": 4, "ae_title": "SOPI",
+                            "device_name": "CTToCArm", "log_level": "info"}
 
 
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,21 +89,27 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{args.config}: unknown keys {unknown} (known: {', '.join(OPTIONS)})")
         cfg.update(data)
     cfg.update({k: v for k, v in vars(args).items() if k in OPTIONS and v is not None})
-    for key in ("ct", "watch"):
-        if not cfg.get(key):
-            raise ValueError(f"--{key} is required (flag or config key {key!r})")
+    if not cfg.get("ct"):
+        raise ValueError("--ct is required (flag or config key 'ct')")
+    if not cfg.get("watch") and cfg.get("dicom_port") is None:
+        raise ValueError("no frame source: give --watch DIR and / or --dicom-port N")
     if cfg["budget_ms"] is not None:
         from runtime.registration.timing import check_budget_ms
         cfg["budget_ms"] = check_budget_ms(cfg["budget_ms"])
-    for key, lo in (("reinit_after", 1), ("poll_s", 0.001), ("settle_s", 0.0)):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < 3600:
-            raise ValueError(f"{key} must be a number in [{lo}, 3600), got {v!r}")
+    for key, lo, hi in (("reinit_after", 1, 1e6), ("poll_s", 0.001, 3600), ("settle_s", 0.0, 3600),
+                        ("inbox_size", 1, 1e4), ("dicom_port", 1, 65536), ("igtl_port", 1, 65536)):
+        v = cfg.get(key)
+        if v is None and key in ("dicom_port", "igtl_port"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi:
+            raise ValueError(f"{key} must be a number in [{lo:g}, {hi:g}), got {v!r}")
+    if isinstance(cfg.get("allowed_aes"), str):
+        cfg["allowed_aes"] = [a.strip() for a in cfg["allowed_aes"].split(",") if a.strip()]
     return cfg
 
 
 def _build(cfg: dict[str, Any]):
-    """(registrar, service, source, sink) from the configuration; raises on bad input."""
+    """(registrar, service, folder source or None, closers) from the configuration; raises on bad input."""
     from calib.calibration import load_calibration
     from calib.geometry import Intrinsics
     from runtime.cli.register import load_pose_json
@@ -101,13 +119,31 @@ def _build(cfg: dict[str, Any]):
 
     calib = load_calibration(cfg["calib"]) if cfg.get("calib") else None
     init = cfg["init"] if cfg["init"] in ("dicom", "network") else load_pose_json(cfg["init"])
-    source = FolderSource(cfg["watch"], poll_s=cfg["poll_s"], settle_s=cfg["settle_s"])
+    folder = FolderSource(cfg["watch"], poll_s=cfg["poll_s"], settle_s=cfg["settle_s"]) if cfg.get("watch") else None
     vol = load_ct(cfg["ct"], mask=cfg.get("mask"))
     intr = calib.intrinsics if calib is not None else Intrinsics.perlove_plx118f()
     reg = Registrar(vol, intr, backend=cfg["backend"], budget_ms=cfg["budget_ms"], bundle=cfg.get("bundle"))
-    sink = JsonlSink(cfg["jsonl"])
-    service = Service(reg, [sink], init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib)
-    return reg, service, source, sink
+    sinks: list[Any] = [JsonlSink(cfg["jsonl"])]
+    if cfg.get("igtl_port") is not None:
+        from runtime.serve.igtl import IgtlSink
+        sinks.append(IgtlSink(int(cfg["igtl_port"]), device_name=str(cfg["device_name"])))
+    service = Service(reg, sinks, init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib,
+                      inbox_size=int(cfg["inbox_size"]))
+    closers = list(sinks)
+    if cfg.get("dicom_port") is not None:
+        from runtime.serve.dicom_scp import DicomReceiver
+        closers.insert(0, DicomReceiver(service, int(cfg["dicom_port"]), ae_title=str(cfg["ae_title"]),
+                                        allowed_aes=cfg.get("allowed_aes")))
+    return reg, service, folder, closers
+
+
+def _sources(cfg: dict[str, Any]) -> str:
+    out = [f"folder {cfg['watch']}"] if cfg.get("watch") else []
+    if cfg.get("dicom_port") is not None:
+        out.append(f"DICOM {cfg['ae_title']}@{cfg['dicom_port']}")
+    if cfg.get("igtl_port") is not None:
+        out.append(f"OpenIGTLink out on 127.0.0.1:{cfg['igtl_port']}")
+    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,23 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=cfg["log_level"].upper(), stream=sys.stderr,
                             format="%(asctime)s sopi-serve %(levelname)s %(message)s")
         log.info("loading CT %s", cfg["ct"])
-        reg, service, source, sink = _build(cfg)
+        reg, service, folder, closers = _build(cfg)
         log.info("registrar ready on %s; warming up", reg.backend)
-        log.info("warm-up %.0f ms; watching %s", reg.warm_up(), source.folder)
+        log.info("warm-up %.0f ms; serving (%s)", reg.warm_up(), _sources(cfg))
     except (SopiError, OSError, ValueError) as exc:
         print(f"sopi-serve: error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_INPUT
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        service.run(stop, folder=source)
+        service.run(stop, folder=folder)
     except Exception as exc:  # noqa: BLE001
         print(f"sopi-serve: error: internal error, please report: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        sink.close()
+        for c in closers:  # the receiver first: nothing new arrives while the outputs close
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %r", c)
     log.info("stopped: %s", service.health())
     return EXIT_OK
 

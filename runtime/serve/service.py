@@ -107,6 +107,10 @@ class Service:
         if dropped is not None:
             self._emit_item(dropped, "dropped", "the inbox was full: a newer frame replaced it (latest frame wins)")
 
+    def submit_rejected(self, item: Item, reason: str) -> FrameRecord:
+        """Record an object refused on receipt (any thread)."""
+        return self._emit_item(item, "rejected", reason)
+
     def handle_file(self, path: str | Path) -> list[FrameRecord]:
         """Every frame of a DICOM file, now (no inbox)."""
         path = Path(path)
