@@ -74,6 +74,7 @@ _PLUGIN_HINTS = {
 
 
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+MAX_POLYGON_VERTICES = 1024  # a polygonal shutter / collimator has a handful; 10 000 took fillPoly 8 s
 
 
 # --------------------------------------------------------------------------------------------- opening
@@ -357,6 +358,9 @@ def _valid_mask(ds: Any, frame: int, shape: tuple[int, int], warns: list[str]) -
                     v = lookup_floats(ds, frame, f"VerticesOfThePolygonal{prefix}")
                     if not v or len(v) < 6 or len(v) % 2:
                         warns.append(f"{name}: vertices missing or invalid, ignored")
+                        continue
+                    if len(v) > 2 * MAX_POLYGON_VERTICES:  # fillPoly time grows with crossing edges
+                        warns.append(f"{name}: {len(v) // 2} vertices, more than {MAX_POLYGON_VERTICES}; ignored")
                         continue
                     pts = np.array(v, dtype=np.float64).reshape(-1, 2)[:, ::-1] - 1.0
                     if not (np.isfinite(pts).all() and (np.abs(pts) <= 4 * max(H, W)).all()):
