@@ -3,6 +3,7 @@ the typed error says the limit, the requested size and how to raise it; `iter_fl
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import struct
@@ -40,6 +41,22 @@ def _frames(n=2, h=24, w=32):
 
 def _xa(tmp_path, n=2, name="xa.dcm"):
     return write_xa(tmp_path / name, _frames(n), K, modality="RF")
+
+
+class _Peak:
+    peak = 0
+
+
+@contextlib.contextmanager
+def traced_memory():
+    """Peak of Python allocations (tracemalloc) in the block: ``mem.peak`` after it."""
+    mem = _Peak()
+    tracemalloc.start()
+    try:
+        yield mem
+        mem.peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def _assert_says_how(msg, field, env):
@@ -105,14 +122,10 @@ def test_huge_number_of_frames_refused_before_allocating(tmp_path):
     ds.NumberOfFrames = "100000000"
     ds.save_as(p)
     assert p.stat().st_size < 60_000
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         with pytest.raises(DicomSizeError) as e:
             next(iter_fluoro(p))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 << 20, peak  # a 1e8-entry frame list alone would be GBs
+    assert mem.peak < 64 << 20, mem.peak  # a 1e8-entry frame list alone would be GBs
     _assert_says_how(str(e.value), "max_frames", "SOPI_MAX_FRAMES")
     assert "100,000,000" in str(e.value) and str(p) in str(e.value)
     with pytest.raises(DicomSizeError):
@@ -168,14 +181,10 @@ def test_iter_fluoro_is_lazy(tmp_path):
     ds.save_as(p)
     next(iter_fluoro(p, detect_field=False))  # imports and decoder set-up happen outside the trace
     it = iter_fluoro(p, detect_field=False)
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         first = next(it)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
     assert first.frame_index == 0 and first.n_frames == n
-    assert peak < 1_000_000, peak
+    assert mem.peak < 1_000_000, mem.peak
     assert next(it).frame_index == 1
     it.close()
 
@@ -232,8 +241,7 @@ def _nifti_with_dims(path, dims, compress=False):
 
 
 def test_nifti_declaring_1024_cubed(tmp_path):
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         for p in (_nifti_with_dims(tmp_path / "big.nii.gz", (1024, 1024, 1024), compress=True),
                   _nifti_with_dims(tmp_path / "big.nii", (1024, 1024, 1024))):
             with pytest.raises(CTSizeError) as e:
@@ -242,10 +250,7 @@ def test_nifti_declaring_1024_cubed(tmp_path):
             assert "1024 x 1024 x 1024" in str(e.value) and str(p) in str(e.value)
             with pytest.raises(CTSizeError):
                 load_mask(p)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 50_000_000, peak
+    assert mem.peak < 50_000_000, mem.peak
 
 
 def test_nifti_truncated_data_refused_from_header(tmp_path):
@@ -273,17 +278,13 @@ def _npz_declaring(path, shape, dtype="<f4"):
 
 
 def test_npz_shapes_checked_from_headers(tmp_path):
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         with pytest.raises(CTSizeError, match="max_ct_voxels") as e:
             load_ct(_npz_declaring(tmp_path / "huge.npz", (4096, 4096, 4096)))
         assert "4096 x 4096 x 4096" in str(e.value)
         with pytest.raises(CTLoadError, match="truncated"):
             load_ct(_npz_declaring(tmp_path / "short.npz", (64, 64, 64)))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 20_000_000, peak
+    assert mem.peak < 20_000_000, mem.peak
     data = np.zeros((4, 5, 6), np.float32)
     np.savez(tmp_path / "ok.npz", data=data, affine=np.eye(4))
     assert load_ct(tmp_path / "ok.npz").shape == (4, 5, 6)
@@ -305,15 +306,11 @@ def test_expansion_rule():
 
 def test_gzip_nifti_bomb_refused_from_header(tmp_path):
     p = _nifti_with_dims(tmp_path / "bomb.nii.gz", (512, 512, 256), compress=True)  # a header, 256 MiB declared
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         for load in (load_ct, load_mask):
             with pytest.raises(CTSizeError, match="max_ct_expansion"):
                 load(p)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 20_000_000, peak
+    assert mem.peak < 20_000_000, mem.peak
 
 
 def test_deflated_npz_of_zeros_refused_before_loading(tmp_path):
@@ -331,14 +328,10 @@ def test_deflated_npz_of_zeros_refused_before_loading(tmp_path):
         np.lib.format.write_array(aff, np.eye(4))
         zf.writestr("affine.npy", aff.getvalue())
     assert path.stat().st_size < 1_000_000
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         with pytest.raises(CTSizeError, match="max_ct_expansion"):
             load_ct(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 20_000_000, peak
+    assert mem.peak < 20_000_000, mem.peak
 
 
 def test_dicom_series_expansion(tmp_path, monkeypatch):
@@ -376,16 +369,12 @@ def _xa_with_huge_item_length(path):
 
 def test_huge_length_in_a_sequence_item_is_not_allocated(tmp_path):
     p = _xa_with_huge_item_length(tmp_path / "huge_item.dcm")
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         with pytest.raises(DicomReadError, match="huge_item.dcm"):
             read_fluoro(p)
         with pytest.raises(DicomReadError):
             next(iter_fluoro(p))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 20_000_000, peak
+    assert mem.peak < 20_000_000, mem.peak
 
 
 def test_clamped_file_reads_like_a_file(tmp_path):
@@ -433,11 +422,7 @@ def test_deflate_bomb_refused_before_inflating(tmp_path):
     # 40 000 frames of zeros: 328 MB inflated from a 0.3 MB file
     bomb = _deflated_copy(plain, tmp_path / "bomb.dcm", NumberOfFrames=40_000, PixelData=bytes(64 * 64 * 2 * 40_000))
     assert bomb.stat().st_size < 1_000_000
-    tracemalloc.start()
-    try:
+    with traced_memory() as mem:
         with pytest.raises(DicomReadError, match="inflates to more than"):
             read_fluoro(bomb)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 50_000_000, peak
+    assert mem.peak < 50_000_000, mem.peak
