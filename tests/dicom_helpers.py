@@ -214,3 +214,25 @@ def write_small_ct_series(folder, n=4, rows=6, cols=5, placeholder=None):
         ds.PixelData = np.full((rows, cols), 1024 + 10 * k, np.uint16).tobytes()
         ds.save_as(f, enforce_file_format=True)
     return folder
+
+
+def phantom_xa_case(folder: Path, offsets: list[tuple[list[float], list[float]]]):
+    """The 64^3 / 3 mm phantom saved as ``folder/ct.npz`` and one XA frame per (rotation deg,
+    translation mm) offset from a PA pose at 700 mm (our projector, no noise, 128^2 detector).
+    Returns (volume, intrinsics, true poses, frame paths)."""
+    from calib.geometry import Intrinsics
+    from calib.writer import write_xa
+    from runtime.synthetic.frames import pa_pose, perturb_pose, synthesize_frame
+    from runtime.synthetic.phantom import make_phantom
+
+    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
+    np.savez(folder / "ct.npz", data=vol.data, affine=vol.affine, mask=vol.mask, units="mu")
+    intr = Intrinsics.perlove_plx118f(8)
+    poses, paths = [], []
+    for i, (rot, trans) in enumerate(offsets):
+        T = perturb_pose(pa_pose(vol.centre, 700.0), vol.centre, rot, trans)
+        fr = synthesize_frame(vol, intr, T, rng=np.random.default_rng(i), i0=np.inf)
+        paths.append(write_xa(folder / (f"frame_{i}.dcm" if i else "frame.dcm"), fr.line_integrals, intr,
+                              sod_mm=700.0))
+        poses.append(T)
+    return vol, intr, poses, paths

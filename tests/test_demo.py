@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from dicom_helpers import phantom_xa_case
 
-from calib.geometry import Intrinsics
-from runtime.synthetic.phantom import make_phantom
 from runtime.cli.register import main as register_main
-from runtime.synthetic.frames import pa_pose, perturb_pose, synthesize_frame
+from runtime.synthetic.frames import perturb_pose
 
 
 def test_demo_runs_and_registers(tmp_path, capsys):
@@ -22,14 +21,8 @@ def test_demo_runs_and_registers(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def dicom_case(tmp_path_factory):
-    from calib.writer import write_xa
     d = tmp_path_factory.mktemp("cli")
-    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
-    np.savez(d / "ct.npz", data=vol.data, affine=vol.affine, mask=vol.mask, units="mu")
-    intr = Intrinsics.perlove_plx118f(8)
-    T_true = perturb_pose(pa_pose(vol.centre, 700.0), vol.centre, [1.0, -1.0, 1.5], [3.0, -2.0, 5.0])
-    fr = synthesize_frame(vol, intr, T_true, rng=np.random.default_rng(0), i0=np.inf)
-    path = write_xa(d / "frame.dcm", fr.line_integrals, intr, sod_mm=700.0)
+    vol, intr, (T_true,), (path,) = phantom_xa_case(d, [([1.0, -1.0, 1.5], [3.0, -2.0, 5.0])])
     return d, path, T_true, vol, intr
 
 
@@ -134,6 +127,7 @@ def test_cli_help_documents_options_and_exit_codes(capsys):
 
 def test_overlay_legend_and_notes(tmp_path):
     import cv2
+
     from runtime.cli.overlay import write_overlay
     rng = np.random.default_rng(0)
     x = cv2.GaussianBlur(rng.random((64, 80)).astype(np.float32), (0, 0), 3)

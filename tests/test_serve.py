@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_helpers import phantom_xa_case
 
-from calib.geometry import Intrinsics
 from calib.writer import write_xa
 from runtime import Registrar
 from runtime.registration.metrics import reprojection_distance_mm
 from runtime.serve import FolderSource, FrameRecord, JsonlSink, Service
-from runtime.synthetic.frames import pa_pose, perturb_pose, synthesize_frame
-from runtime.synthetic.phantom import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,15 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    vol = make_phantom(shape=(64, 64, 64), spacing=(3.0, 3.0, 3.0))
-    np.savez(d / "ct.npz", data=vol.data, affine=vol.affine, mask=vol.mask, units="mu")
-    intr = Intrinsics.perlove_plx118f(8)
-    poses, frames = [], []
-    for i in range(3):  # the anatomy moves ~1 mm / 0.5 deg between frames, as in cine
-        T = perturb_pose(pa_pose(vol.centre, 700.0), vol.centre, [1.0 + 0.5 * i, -1.0, 1.5], [3.0 + i, -2.0, 5.0])
-        fr = synthesize_frame(vol, intr, T, rng=np.random.default_rng(i), i0=np.inf)
-        frames.append(write_xa(d / f"src_{i}.dcm", fr.line_integrals, intr, sod_mm=700.0))
-        poses.append(T)
+    # the anatomy moves ~1 mm / 0.5 deg between frames, as in cine
+    vol, intr, poses, frames = phantom_xa_case(d, [([1.0 + 0.5 * i, -1.0, 1.5], [3.0 + i, -2.0, 5.0])
+                                                   for i in range(3)])
     return d, vol, intr, poses, frames
 
 
