@@ -173,6 +173,8 @@ def test_cli_serves_until_sigterm(case, tmp_path):
     (["--watch", "."], "--ct is required"),
     (["--ct", "nope.npz", "--watch", "."], "CTLoadError"),
     (["--ct", "x", "--watch", ".", "--budget-ms", "0"], "budget"),
+    (["--ct", "x", "--video", "carm.avi"], "--video needs --calib"),
+    (["--ct", "x"], "no frame source"),
 ])
 def test_cli_startup_errors_exit_2(args, needle):
     proc = _serve(args)
@@ -272,3 +274,46 @@ def test_full_inbox_drops_the_oldest_with_a_record(case, registrar):
     service.run(stop)
     assert [(r.source_id, r.outcome) for r in sink.records] == [("a", "dropped"), ("b", "dropped")]
     assert "stopped" in sink.records[1].reason
+
+
+# ----------------------------------------------------------------- video grabber
+def test_video_file_drives_the_service(case, registrar, tmp_path):
+    """A C-arm's display output as a video file (written with OpenCV: air bright, bone dark, a round
+    field in black borders, MJPG): every captured frame gets one record; the poses match."""
+    import cv2
+
+    from calib.calibration import Calibration
+    from runtime.serve.video import VideoSource
+    from runtime.synthetic.frames import synthesize_frame
+
+    d, vol, intr, poses, frames = case
+    H, W = intr.height, intr.width
+    rr, cc = np.mgrid[:H, :W]
+    field = (rr - H / 2) ** 2 + (cc - W / 2) ** 2 < (0.46 * W) ** 2
+    path = str(tmp_path / "carm.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (W, H), isColor=False)
+    for T in poses:
+        intensity = np.exp(-synthesize_frame(vol, intr, T, i0=np.inf).line_integrals)
+        gray = np.where(field, 30.0 + 215.0 * intensity / intensity[field].max(), 0.0).astype(np.uint8)  # windowed
+        writer.write(gray)
+    writer.release()
+    sink = ListSink()
+    service = Service(registrar, [sink], init=poses[0] @ np.eye(4), inbox_size=1)  # no DICOM angles in video
+    stop = threading.Event()
+    th = threading.Thread(target=service.run, args=(stop,))
+    th.start()
+    src = VideoSource(service, path, Calibration(intrinsics=intr), pace_fps=2.0)
+    try:
+        assert src.finished.wait(60)
+        _wait(lambda: len(sink.records) == src.captured, 120)
+    finally:
+        stop.set()
+        th.join(60)
+        src.close()
+    assert src.captured == 3 and sorted(r.source_id for r in sink.records) == ["frame 0", "frame 1", "frame 2"]
+    registered = [r for r in sink.records if r.outcome in ("accepted", "not_accepted")]
+    assert registered and all(r.outcome == "accepted" for r in registered), [(r.outcome, r.reason) for r in sink.records]
+    for r in registered:
+        T = poses[int(r.source_id.split()[1])]
+        assert reprojection_distance_mm(np.array(r.result["pose"]), T, vol.mask_points(max_points=1000), intr) < 1.0
+    assert all(r.outcome == "dropped" for r in sink.records if r not in registered)

@@ -35,9 +35,9 @@ example (sample inputs from `sopi-demo --write-samples DIR`):
   sopi-serve --ct DIR/ct --mask DIR/mask.npz --dicom-port 11112 --ae-title SOPI --igtl-port 18944
 """
 
-OPTIONS = ("ct", "mask", "watch", "dicom_port", "ae_title", "allowed_aes", "igtl_port", "device_name", "jsonl",
-           "calib", "init", "budget_ms", "backend", "reinit_after", "poll_s", "settle_s", "inbox_size", "bundle",
-           "log_level")
+OPTIONS = ("ct", "mask", "watch", "video", "video_crop", "video_bone", "dicom_port", "ae_title", "allowed_aes",
+           "igtl_port", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after", "poll_s",
+           "settle_s", "inbox_size", "bundle", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ct", help="CT: DICOM series folder, NIfTI or .npz")
     ap.add_argument("--mask", help="vertebra label mask (NIfTI, .npz or DICOM) on the CT grid")
     ap.add_argument("--watch", help="folder to watch for new DICOM frames (XA, XRF, DX, CR, enhanced, multi-frame)")
+    ap.add_argument("--video", help="live video in: a capture device index (0, 1, ...), a stream URL or a video "
+                                    "file (needs --calib made on frames of the same video output)")
+    ap.add_argument("--video-crop", help="x,y,width,height of the image area in the video frame (default: all)")
+    ap.add_argument("--video-bone", choices=("dark", "bright"), help="how bone looks on the video (default dark)")
     ap.add_argument("--dicom-port", type=int, help="listen for DICOM C-STORE on this port (all interfaces)")
     ap.add_argument("--ae-title", help="called AE title of the DICOM receiver (default SOPI)")
     ap.add_argument("--allowed-aes", help="comma-separated calling AE titles accepted (default: any)")
@@ -63,14 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--poll-s", type=float, help="folder poll interval in s (default 0.1)")
     ap.add_argument("--settle-s", type=float, help="a file is read once unchanged for this long (default 0.2)")
     ap.add_argument("--inbox-size", type=int, help="frames waiting at most; beyond, the oldest is dropped "
-                                                   "and recorded (default 4)")
+                                                   "and recorded (default 4; 1 with --video: newest frame wins)")
     ap.add_argument("--bundle", help="bundle folder (network init, learned stage)")
     ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     return ap
 
 
-DEFAULTS: dict[str, Any] = {"jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto", "reinit_after": 3,
-                            "poll_s": 0.1, "settle_s": 0.2, "inbox_size": 4, "ae_title": "SOPI",
+DEFAULTS: dict[str, Any] = {"video_bone": "dark", "jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto",
+                            "reinit_after": 3, "poll_s": 0.1, "settle_s": 0.2, "inbox_size": None, "ae_title": "SOPI",
                             "device_name": "CTToCArm", "log_level": "info"}
 
 
@@ -91,15 +95,25 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     cfg.update({k: v for k, v in vars(args).items() if k in OPTIONS and v is not None})
     if not cfg.get("ct"):
         raise ValueError("--ct is required (flag or config key 'ct')")
-    if not cfg.get("watch") and cfg.get("dicom_port") is None:
-        raise ValueError("no frame source: give --watch DIR and / or --dicom-port N")
+    if not cfg.get("watch") and cfg.get("dicom_port") is None and cfg.get("video") is None:
+        raise ValueError("no frame source: give --watch DIR, --dicom-port N and / or --video SRC")
+    if cfg.get("video") is not None and not cfg.get("calib"):
+        raise ValueError("--video needs --calib (intrinsics in video pixels: sopi-calib phantom on grabbed frames)")
+    if isinstance(cfg.get("video_crop"), str):
+        try:
+            cfg["video_crop"] = tuple(int(x) for x in cfg["video_crop"].split(","))
+        except ValueError:
+            raise ValueError(f"video_crop must be x,y,width,height integers, got {cfg['video_crop']!r}") from None
+    if cfg.get("video_crop") is not None and (len(cfg["video_crop"]) != 4 or min(cfg["video_crop"][2:]) < 32
+                                              or min(cfg["video_crop"][:2]) < 0):
+        raise ValueError(f"video_crop must be x,y >= 0 and width,height >= 32, got {cfg['video_crop']!r}")
     if cfg["budget_ms"] is not None:
         from runtime.registration.timing import check_budget_ms
         cfg["budget_ms"] = check_budget_ms(cfg["budget_ms"])
     for key, lo, hi in (("reinit_after", 1, 1e6), ("poll_s", 0.001, 3600), ("settle_s", 0.0, 3600),
                         ("inbox_size", 1, 1e4), ("dicom_port", 1, 65536), ("igtl_port", 1, 65536)):
         v = cfg.get(key)
-        if v is None and key in ("dicom_port", "igtl_port"):
+        if v is None and key in ("dicom_port", "igtl_port", "inbox_size"):
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi:
             raise ValueError(f"{key} must be a number in [{lo:g}, {hi:g}), got {v!r}")
@@ -128,12 +142,17 @@ def _build(cfg: dict[str, Any]):
         from runtime.serve.igtl import IgtlSink
         sinks.append(IgtlSink(int(cfg["igtl_port"]), device_name=str(cfg["device_name"])))
     service = Service(reg, sinks, init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib,
-                      inbox_size=int(cfg["inbox_size"]))
+                      inbox_size=int(cfg["inbox_size"] or (1 if cfg.get("video") is not None else 4)))
     closers = list(sinks)
     if cfg.get("dicom_port") is not None:
         from runtime.serve.dicom_scp import DicomReceiver
         closers.insert(0, DicomReceiver(service, int(cfg["dicom_port"]), ae_title=str(cfg["ae_title"]),
                                         allowed_aes=cfg.get("allowed_aes")))
+    if cfg.get("video") is not None:
+        from runtime.serve.video import VideoSource
+        src = cfg["video"]
+        src = int(src) if isinstance(src, int) or str(src).isdigit() else str(src)
+        closers.insert(0, VideoSource(service, src, calib, crop=cfg.get("video_crop"), bone=cfg["video_bone"]))
     return reg, service, folder, closers
 
 
@@ -141,6 +160,8 @@ def _sources(cfg: dict[str, Any]) -> str:
     out = [f"folder {cfg['watch']}"] if cfg.get("watch") else []
     if cfg.get("dicom_port") is not None:
         out.append(f"DICOM {cfg['ae_title']}@{cfg['dicom_port']}")
+    if cfg.get("video") is not None:
+        out.append(f"video {cfg['video']}")
     if cfg.get("igtl_port") is not None:
         out.append(f"OpenIGTLink out on 127.0.0.1:{cfg['igtl_port']}")
     return ", ".join(out)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from calib.errors import SopiError
+from calib.frame import FluoroFrame
 from runtime.serve.folder import FolderSource
 from runtime.serve.inbox import Inbox, Item
 from runtime.serve.records import OUTCOMES, FrameRecord
@@ -117,10 +118,14 @@ class Service:
         return self.handle_item(Item(path, "folder", path.name))
 
     def handle_item(self, item: Item) -> list[FrameRecord]:
-        """Every frame of a received file or Dataset; an object that cannot be read gives one
-        "rejected" record, a frame that cannot be decoded midway one more."""
+        """Every frame of a received file or Dataset (or the `FluoroFrame` a video source made); an
+        object that cannot be read gives one "rejected" record, a frame that cannot be decoded
+        midway one more."""
         from calib.dicom import iter_fluoro
 
+        if isinstance(item.payload, FluoroFrame):  # already decoded (video)
+            return [self.handle_frame(item.payload, item.source, item.source_id, item.payload.frame_index,
+                                      item.received_unix, item.received_mono)]
         records: list[FrameRecord] = []
         index = 0  # frames read so far
         try:
