@@ -218,7 +218,7 @@ def test_dicom_store_in_openigtlink_out(case, registrar):
     th.start()
     client = pyigtl.OpenIGTLinkClient("127.0.0.1", iport)
     try:
-        _wait(igtl.server.is_connected, 10)
+        _wait(igtl.is_connected, 10)
         scu = pynetdicom.AE(ae_title="CARM")
         scu.add_requested_context(XRayAngiographicImageStorage)
         scu.add_requested_context(CTImageStorage)
@@ -317,3 +317,26 @@ def test_video_file_drives_the_service(case, registrar, tmp_path):
         T = poses[int(r.source_id.split()[1])]
         assert reprojection_distance_mm(np.array(r.result["pose"]), T, vol.mask_points(max_points=1000), intr) < 1.0
     assert all(r.outcome == "dropped" for r in sink.records if r not in registered)
+
+
+def test_openigtlink_client_disconnects_and_reconnects(case, registrar):
+    pyigtl = pytest.importorskip("pyigtl")
+    from runtime.serve.igtl import IgtlSink
+
+    d, vol, intr, poses, frames = case
+    port = _free_port()
+    igtl = IgtlSink(port)
+    service = Service(registrar, [igtl], init="dicom")
+    try:
+        for i in range(2):  # a client comes, gets a pose, goes; the next one gets the next pose
+            client = pyigtl.OpenIGTLinkClient("127.0.0.1", port)
+            _wait(igtl.is_connected, 10)
+            service.handle_file(frames[i])
+            msg = client.wait_for_message("CTToCArm", timeout=60)
+            client.stop()
+            assert msg is not None
+            _wait(lambda: not igtl.is_connected(), 10)
+        service.handle_file(frames[2])  # nobody connected: nothing queued, nothing blocks
+    finally:
+        igtl.close()
+    assert service.counts["accepted"] == 3

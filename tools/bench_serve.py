@@ -76,7 +76,7 @@ def run_rate(reg, datasets, rate: float, budget_ms: float | None) -> dict:
     th.start()
     client = pyigtl.OpenIGTLinkClient("127.0.0.1", iport)
     t_wait = time.monotonic()
-    while not igtl.server.is_connected() and time.monotonic() - t_wait < 10:
+    while not igtl.is_connected() and time.monotonic() - t_wait < 10:
         time.sleep(0.01)
     scu = pynetdicom.AE(ae_title="CARM")
     scu.add_requested_context(XRayAngiographicImageStorage)

@@ -36,8 +36,8 @@ example (sample inputs from `sopi-demo --write-samples DIR`):
 """
 
 OPTIONS = ("ct", "mask", "watch", "video", "video_crop", "video_bone", "dicom_port", "ae_title", "allowed_aes",
-           "igtl_port", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after", "poll_s",
-           "settle_s", "inbox_size", "bundle", "log_level")
+           "igtl_port", "igtl_host", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
+           "poll_s", "settle_s", "inbox_size", "bundle", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dicom-port", type=int, help="listen for DICOM C-STORE on this port (all interfaces)")
     ap.add_argument("--ae-title", help="called AE title of the DICOM receiver (default SOPI)")
     ap.add_argument("--allowed-aes", help="comma-separated calling AE titles accepted (default: any)")
-    ap.add_argument("--igtl-port", type=int, help="OpenIGTLink server port on 127.0.0.1 (Slicer: 18944)")
+    ap.add_argument("--igtl-port", type=int, help="OpenIGTLink server port (Slicer's default: 18944)")
+    ap.add_argument("--igtl-host", help="OpenIGTLink listen address (default 127.0.0.1; 0.0.0.0: every interface)")
     ap.add_argument("--device-name", help="OpenIGTLink TRANSFORM device name (default CTToCArm)")
     ap.add_argument("--jsonl", help="JSON-lines output file, appended ('-': stdout; default: stdout)")
     ap.add_argument("--calib", help="calibration JSON or profile name (default: the frames' DICOM tags)")
@@ -75,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 DEFAULTS: dict[str, Any] = {"video_bone": "dark", "jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto",
                             "reinit_after": 3, "poll_s": 0.1, "settle_s": 0.2, "inbox_size": None, "ae_title": "SOPI",
-                            "device_name": "CTToCArm", "log_level": "info"}
+                            "device_name": "CTToCArm", "igtl_host": "127.0.0.1", "log_level": "info"}
 
 
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def _build(cfg: dict[str, Any]):
     sinks: list[Any] = [JsonlSink(cfg["jsonl"])]
     if cfg.get("igtl_port") is not None:
         from runtime.serve.igtl import IgtlSink
-        sinks.append(IgtlSink(int(cfg["igtl_port"]), device_name=str(cfg["device_name"])))
+        sinks.append(IgtlSink(int(cfg["igtl_port"]), device_name=str(cfg["device_name"]), host=str(cfg["igtl_host"])))
     service = Service(reg, sinks, init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib,
                       inbox_size=int(cfg["inbox_size"] or (1 if cfg.get("video") is not None else 4)))
     closers = list(sinks)
@@ -163,7 +164,7 @@ def _sources(cfg: dict[str, Any]) -> str:
     if cfg.get("video") is not None:
         out.append(f"video {cfg['video']}")
     if cfg.get("igtl_port") is not None:
-        out.append(f"OpenIGTLink out on 127.0.0.1:{cfg['igtl_port']}")
+        out.append(f"OpenIGTLink out on {cfg['igtl_host']}:{cfg['igtl_port']}")
     return ", ".join(out)
 
 
