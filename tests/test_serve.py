@@ -174,6 +174,7 @@ def test_cli_serves_until_sigterm(case, tmp_path):
     (["--ct", "nope.npz", "--watch", "."], "CTLoadError"),
     (["--ct", "x", "--watch", ".", "--budget-ms", "0"], "budget"),
     (["--ct", "x", "--video", "carm.avi"], "--video needs --calib"),
+    (["--ct", "x", "--video", "carm.avi", "--calib", "c.json"], "no positioner angles"),
     (["--ct", "x"], "no frame source"),
 ])
 def test_cli_startup_errors_exit_2(args, needle):

@@ -100,6 +100,9 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("no frame source: give --watch DIR, --dicom-port N and / or --video SRC")
     if cfg.get("video") is not None and not cfg.get("calib"):
         raise ValueError("--video needs --calib (intrinsics in video pixels: sopi-calib phantom on grabbed frames)")
+    if cfg.get("video") is not None and cfg["init"] == "dicom":
+        raise ValueError("video frames carry no positioner angles: with --video give --init network (and "
+                         "--bundle) or --init pose.json")
     if isinstance(cfg.get("video_crop"), str):
         try:
             cfg["video_crop"] = tuple(int(x) for x in cfg["video_crop"].split(","))
