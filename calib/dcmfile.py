@@ -58,9 +58,16 @@ def dcmread_clamped(path: str | Path, **kwargs: Any) -> Any:
 
 
 def _check_inflated_size(fh: ClampedFile) -> None:
-    """ValueError when a deflated file inflates beyond `max_inflated_bytes`; leaves ``fh`` at 0."""
+    """ValueError when a deflated file inflates beyond `max_inflated_bytes`; leaves ``fh`` at 0.
+    The File Meta is parsed only when its bytes (or the first 4 kB) name the deflated transfer
+    syntax: every other file -- each slice of a CT series -- costs one small read."""
     from pydicom.filereader import read_file_meta_info
 
+    head = fh.read(4096)
+    fh.seek(0)
+    meta_end = 144 + int.from_bytes(head[140:144], "little") if head[128:132] == b"DICM" else len(head)
+    if meta_end <= len(head) and DEFLATED.encode() not in head[:meta_end]:
+        return  # the whole File Meta was read and does not name the deflated syntax
     try:
         meta = read_file_meta_info(fh.name)
     except Exception:  # not DICOM, no meta: dcmread decides

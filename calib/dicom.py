@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from calib.dcmfile import dcmread_clamped
+from calib.dcmfile import DEFLATED, dcmread_clamped
 from calib.errors import (CalibError, DicomArgumentTypeError, DicomGeometryError, DicomIntensityError,
                           DicomReadError, DicomSizeError, DicomSOPClassError, IntrinsicsError)
 from calib.frame import FluoroFrame
@@ -73,7 +73,6 @@ _PLUGIN_HINTS = {
 }
 
 
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 MAX_POLYGON_VERTICES = 1024  # a polygonal shutter / collimator has a handful; 10 000 took fillPoly 8 s
 
 
@@ -219,7 +218,7 @@ def _pixels_from_file(src: Any, ds: Any, path: str | None) -> bool:
     not for a deflated file (pydicom's file-based decoders do not inflate it; its dataset is
     already inflated in memory)."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    return path is not None and not _is_dataset(src) and ts != DEFLATED_EXPLICIT_VR_LE
+    return path is not None and not _is_dataset(src) and ts != DEFLATED
 
 
 def _decode_frame(ds: Any, path: str | None, frame: int, from_file: bool = False) -> np.ndarray:

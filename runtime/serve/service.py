@@ -80,12 +80,12 @@ class Service:
         try:
             res = self.registrar.register(frame, init=init, budget_ms=self.budget_ms)
         except SopiError as exc:
-            self._missed()
+            self._misses += 1
             return self._emit(source, source_id, frame_index, received_unix, received_mono, "failed",
                               f"{type(exc).__name__}: {exc}", start)
         except Exception as exc:  # noqa: BLE001 - the service must outlive a bug on one frame
             log.exception("internal error on %s", source_id)
-            self._missed()
+            self._misses += 1
             return self._emit(source, source_id, frame_index, received_unix, received_mono, "failed",
                               f"internal error, please report: {type(exc).__name__}: {exc}", start)
         ok = res.status in ("converged", "deadline", "max_iterations") and bool(res.confidence.accepted)
@@ -93,14 +93,11 @@ class Service:
             self._tracked, self._misses = np.array(res.pose, dtype=np.float64), 0
             reason = ""
         else:
-            self._missed()
+            self._misses += 1
             reason = f"status {res.status}, confidence {res.confidence.score:.2f}: " + \
                 ("; ".join(res.confidence.reasons) or "not accepted")
         return self._emit(source, source_id, frame_index, received_unix, received_mono,
                           "accepted" if ok else "not_accepted", reason, start, res.to_dict())
-
-    def _missed(self) -> None:
-        self._misses += 1
 
     def submit(self, item: Item) -> None:
         """Queue a received object (any thread); the item it displaces, if any, is recorded as dropped."""

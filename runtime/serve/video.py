@@ -28,9 +28,19 @@ import numpy as np
 from calib.frame import FluoroFrame
 from runtime.serve.inbox import Item
 
-__all__ = ["VideoSource", "video_frame"]
+__all__ = ["VideoSource", "image_area", "video_frame"]
 
 log = logging.getLogger("sopi.serve")
+
+
+def image_area(img: np.ndarray, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The grey (H, W) float32 image area of a video frame ((H, W) or (H, W, 3)), cropped."""
+    g = np.asarray(img)
+    g = g.mean(axis=2) if g.ndim == 3 else g
+    if crop is not None:
+        x, y, w, h = crop
+        g = g[y:y + h, x:x + w]
+    return np.ascontiguousarray(g, dtype=np.float32)
 
 
 def video_frame(gray: np.ndarray, calibration: Any, *, crop: tuple[int, int, int, int] | None = None,
@@ -39,13 +49,7 @@ def video_frame(gray: np.ndarray, calibration: Any, *, crop: tuple[int, int, int
     ``field``: the field-of-view mask of the (cropped) image when known, else detected."""
     from calib.field import detect_field
 
-    img = np.asarray(gray)
-    if img.ndim == 3:
-        img = img.mean(axis=2)
-    if crop is not None:
-        x, y, w, h = crop
-        img = img[y:y + h, x:x + w]
-    raw = np.ascontiguousarray(img, dtype=np.float32)
+    raw = image_area(gray, crop)
     H, W = raw.shape
     intr = calibration.intrinsics
     if (intr.width, intr.height) != (W, H):
@@ -101,8 +105,8 @@ class VideoSource:
                 self.captured += 1
                 source = f"video:{self.src}"
                 try:
-                    frame = video_frame(img, self.calibration, crop=self.crop, bone=self.bone, index=n,
-                                        field=self._field(img))
+                    area = image_area(img, self.crop)  # converted once, for the field and the frame
+                    frame = video_frame(area, self.calibration, bone=self.bone, index=n, field=self._field(area))
                 except Exception as exc:  # noqa: BLE001 - a bad frame is recorded, capture goes on
                     self.service.submit_rejected(Item(None, source, f"frame {n}", received_unix, received_mono),
                                                  f"{type(exc).__name__}: {exc}")
@@ -115,15 +119,11 @@ class VideoSource:
         finally:
             self.finished.set()
 
-    def _field(self, img: np.ndarray) -> np.ndarray | None:
-        """This frame's detected field, or the last one detected when this detection finds none."""
+    def _field(self, g: np.ndarray) -> np.ndarray | None:
+        """The detected field of image area ``g``, or the last one detected when this detection
+        finds none."""
         from calib.field import detect_field
 
-        g = np.asarray(img, dtype=np.float32)
-        g = g.mean(axis=2) if g.ndim == 3 else g
-        if self.crop is not None:
-            x, y, w, h = self.crop
-            g = g[y:y + h, x:x + w]
         est = detect_field(g, domain="display")
         if est.kind != "none":
             self.field_mask = est.mask
