@@ -28,7 +28,7 @@ import numpy as np
 from calib.geometry import Intrinsics
 from runtime.registration.result import Confidence
 
-__all__ = ["ConfidenceModel", "assess", "projection_jacobian"]
+__all__ = ["ConfidenceModel", "assess", "projection_jacobian", "pose_covariance", "tre_uncertainty"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,43 @@ def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: 
                        f"predicted reprojection uncertainty {pred_mm:.2f} mm)")
     return Confidence(score=float(score), accepted=not reasons, similarity=float(similarity),
                       predicted_reprojection_mm=float(pred_mm), pose_std=pose_std, reasons=reasons)
+
+
+
+def pose_covariance(rs: list[np.ndarray], Js: list[np.ndarray], correlation_factor: float = 4.0
+                    ) -> np.ndarray | None:
+    """``s2 (sum J^T J)^-1`` over residual blocks ``rs`` with Jacobians ``Js`` (one per view),
+    ``s2`` the residual variance times ``correlation_factor``; None when singular or empty."""
+    if not Js:
+        return None
+    A = sum(J.T @ J for J in Js)
+    n = sum(len(r) for r in rs)
+    if n <= A.shape[0] or not np.all(np.isfinite(A)):
+        return None
+    s2 = sum(float(r @ r) for r in rs) / (n - A.shape[0]) * correlation_factor
+    try:
+        cov = s2 * np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        return None
+    return cov if np.all(np.isfinite(cov)) else None
+
+
+def tre_uncertainty(cov: np.ndarray | None, pose: np.ndarray, points_ct: np.ndarray, centre_ct: np.ndarray,
+                    rho_mm: float) -> tuple[float, np.ndarray]:
+    """Predicted 1-sigma 3-D uncertainty (mm, RMS over the anatomy points) and the pose's 1-sigma
+    (rx, ry, rz deg; tx, ty, tz mm, axes of ``pose``'s output frame) from the 6x6 covariance of the
+    centred parameters of ``pose``: a point ``X`` moves by ``w x (X - c) + v``. (inf, NaN) without
+    a covariance."""
+    if cov is None:
+        return math.inf, np.full(6, np.nan)
+    T = np.asarray(pose, float)
+    q = points_ct @ T[:3, :3].T - T[:3, :3] @ np.asarray(centre_ct, float)
+    D = np.zeros((len(q), 3, 6))
+    D[:, 0, 1], D[:, 0, 2] = q[:, 2], -q[:, 1]
+    D[:, 1, 0], D[:, 1, 2] = -q[:, 2], q[:, 0]
+    D[:, 2, 0], D[:, 2, 1] = q[:, 1], -q[:, 0]
+    D[:, :, :3] /= rho_mm
+    D[:, :, 3:] = np.eye(3)
+    var = np.einsum("nij,jk,nik->n", D, cov, D)
+    d = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return float(np.sqrt(np.mean(np.maximum(var, 0.0)))), np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])

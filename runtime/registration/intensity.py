@@ -233,32 +233,29 @@ class IntensityStage:
         return lopt, px_mm
 
     # ------------------------------------------------------------------------------ LM runs
-    def _evaluator(self, lv: _Level):
-        centre, clock = self.centre, self.clock
-
-        def evaluate(Tc: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-            t0 = time.perf_counter()
-            c = Tc[:3, :3] @ centre + Tc[:3, 3]
-            if c[2] <= 0.05 * lv.lintr.sdd_mm or c[2] >= lv.lintr.sdd_mm:
-                raise StepRejected("anatomy centre left the source-detector space")
-            uv = lv.lintr.project(c)
-            if not (-0.5 * lv.lintr.width <= uv[0] <= 1.5 * lv.lintr.width and
-                    -0.5 * lv.lintr.height <= uv[1] <= 1.5 * lv.lintr.height):
-                raise StepRejected("anatomy centre left the view")
-            rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False)
-            t1 = time.perf_counter()
-            drr, jac = rr.image, rr.jacobian
-            t2 = time.perf_counter()
-            r, J, cost, _ = lv.sim.evaluate(drr, jac)
-            J = param_jacobian(J, Tc, centre, self.rho)
-            t3 = time.perf_counter()
-            self.n_eval += 1
-            clock.record("intensity", lv.f, t0=t0, end=t3, render_ms=(t1 - t0) * 1e3,
-                         similarity_ms=(t3 - t2) * 1e3, copy_ms=(t2 - t1) * 1e3)
-            clock.iteration_s[lv.f] = time.perf_counter() - t0
-            return r, J, cost
-
-        return evaluate
+    def evaluate_level(self, lv: _Level, Tc: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(residuals, Jacobian w.r.t. the centred parameters, cost) of pose ``Tc`` at level ``lv``;
+        `StepRejected` when the anatomy centre left the view or the source-detector space."""
+        t0 = time.perf_counter()
+        c = Tc[:3, :3] @ self.centre + Tc[:3, 3]
+        if c[2] <= 0.05 * lv.lintr.sdd_mm or c[2] >= lv.lintr.sdd_mm:
+            raise StepRejected("anatomy centre left the source-detector space")
+        uv = lv.lintr.project(c)
+        if not (-0.5 * lv.lintr.width <= uv[0] <= 1.5 * lv.lintr.width and
+                -0.5 * lv.lintr.height <= uv[1] <= 1.5 * lv.lintr.height):
+            raise StepRejected("anatomy centre left the view")
+        rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False)
+        t1 = time.perf_counter()
+        drr, jac = rr.image, rr.jacobian
+        t2 = time.perf_counter()
+        r, J, cost, _ = lv.sim.evaluate(drr, jac)
+        J = param_jacobian(J, Tc, self.centre, self.rho)
+        t3 = time.perf_counter()
+        self.n_eval += 1
+        self.clock.record("intensity", lv.f, t0=t0, end=t3, render_ms=(t1 - t0) * 1e3,
+                          similarity_ms=(t3 - t2) * 1e3, copy_ms=(t2 - t1) * 1e3)
+        self.clock.iteration_s[lv.f] = time.perf_counter() - t0
+        return r, J, cost
 
     def _run_starts(self, lv: _Level, T: np.ndarray, T_start: np.ndarray, T_init: np.ndarray,
                     lopt: LMOptions, first: tuple | None) -> list[LMResult]:
@@ -288,7 +285,9 @@ class IntensityStage:
             # hand-over guard: the pose before the learned stage competes at the coarsest level,
             # so a weak learned stage cannot lose a start the intensity stage had
             starts = list(starts) + [T_init]
-        evaluate = self._evaluator(lv)
+        def evaluate(Tc: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+            return self.evaluate_level(lv, Tc)
+
         results = []
         for Ts in starts:
             init_eval = first if (first is not None and Ts is T) else None

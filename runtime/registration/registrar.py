@@ -5,6 +5,7 @@
     res = reg.register(frame, init=T0)     # frame: FluoroFrame or (H, W) float32 line integrals
     res.pose, res.status, res.confidence, res.timings
     results = reg.track(frames, init=T0)   # cine: warm start from the last good pose
+    mv = reg.register_views(frames, T_cam_from_ref, init=T_ref_from_ct)   # tracked multi-view
 
 Stages (design, "The refinement loop"): **init** (a given pose, the DICOM positioner angles, or the
 RTPI network of the bundle), the **learned** feature stage when the bundle has the encoder pair
@@ -44,7 +45,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any, Literal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +60,7 @@ from runtime.registration.frame_input import parse_frame
 from runtime.registration.intensity import IntensityOutcome, IntensityStage
 from runtime.registration.options import RegistrarOptions, with_overrides
 from runtime.registration.pyramid import at_level, auto_levels
-from runtime.registration.result import Confidence, RegistrationResult
+from runtime.registration.result import Confidence, MultiViewResult, RegistrationResult
 from runtime.registration.similarity import prepare_similarity
 from runtime.registration.timing import CallClock, check_budget_ms
 from runtime.registration.working import WorkingVolumes
@@ -192,6 +193,35 @@ class Registrar:
         """
         with self._lock:
             return self._register(frame, init, self.budget_ms if budget_ms is None else check_budget_ms(budget_ms))
+
+    def register_views(self, frames: Sequence[Any], T_cam_from_ref: Any, init: Any = None,
+                       budget_ms: float | None = None, *, view_prior: tuple[float, float] | None = None,
+                       max_tre_mm: float = 2.0) -> MultiViewResult:
+        """Register N frames with known relative geometry to one shared pose (module
+        `runtime.registration.multiview`): 3-D accuracy where one view leaves depth loose.
+
+        Args:
+            frames: 1-16 FluoroFrames (each with its own intrinsics) or bare arrays (the
+                constructor's intrinsics).
+            T_cam_from_ref: one 4x4 ``T_cam_i_from_ref`` per frame (tracker -> C-arm marker ->
+                camera, or the C-arm's encoders), or "dicom": from each frame's positioner angles
+                about the isocentre (reference = the CT centred at the isocentre).
+            init: the initial 4x4 ``T_ref_from_ct``; "dicom" / "network": the first usable view's
+                initial pose mapped to the reference; None = identity with "dicom" transforms,
+                else as `register` for the first view.
+            budget_ms: deadline for the whole call (default: the constructor's).
+            view_prior: (sigma_mm, sigma_deg): also refine each view's relative transform with a
+                Gaussian prior of this size (tracking error); None = the transforms are exact.
+            max_tre_mm: accept only when the predicted 3-D uncertainty is at most this.
+
+        Returns a `MultiViewResult`: ``pose`` = T_ref_from_ct, ``views[i].pose`` = T_cam_i_from_ct.
+        """
+        from runtime.registration.multiview import register_views
+
+        with self._lock:
+            return register_views(self, frames, T_cam_from_ref, init,
+                                  self.budget_ms if budget_ms is None else check_budget_ms(budget_ms),
+                                  view_prior=view_prior, max_tre_mm=max_tre_mm)
 
     def track(self, frames: Iterable[Any], init: Any = None, budget_ms: float | None = None
               ) -> list[RegistrationResult]:

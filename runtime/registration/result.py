@@ -7,7 +7,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-__all__ = ["RegistrationResult", "Confidence", "STATUSES", "Status"]
+__all__ = ["RegistrationResult", "Confidence", "STATUSES", "Status", "MultiViewResult", "MultiViewConfidence",
+           "ViewResult"]
 
 Status = Literal["converged", "deadline", "max_iterations", "diverged", "failed"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -116,3 +117,103 @@ class RegistrationResult:
         if history:
             d["history"] = [dict(h, pose=np.asarray(h["pose"], float).tolist()) for h in self.history]
         return d
+
+
+@dataclass
+class MultiViewConfidence:
+    """Whether to trust a multi-view result (`Registrar.register_views`).
+
+    Attributes:
+        score: the lowest score of the used views (each as `Confidence.score`)
+        accepted: every used view accepted and ``predicted_tre_mm`` at most ``max_tre_mm``
+        predicted_tre_mm: predicted 1-sigma 3-D uncertainty of the anatomy points (mm, RMS), from
+            the joint normal matrix of all views
+        pose_std: 1-sigma of (rx, ry, rz deg about the anatomy centre; tx, ty, tz mm), reference axes
+        reasons: why it is not accepted (empty when accepted)
+    """
+
+    score: float
+    accepted: bool
+    predicted_tre_mm: float
+    pose_std: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": float(self.score), "accepted": bool(self.accepted),
+                "predicted_tre_mm": float(self.predicted_tre_mm),
+                "pose_std": [float(x) for x in self.pose_std], "reasons": list(self.reasons)}
+
+
+@dataclass
+class ViewResult:
+    """One view of a multi-view registration.
+
+    Attributes:
+        index: position in the ``frames`` list
+        pose: 4x4 T_cam_from_ct of this view at the result (``T_cam_from_ref @ res.pose``)
+        used: the view took part up to the finest level
+        similarity: its final similarity (NaN when not used)
+        confidence: its own `Confidence` (similarity and reprojection uncertainty), None when not used
+        error: why the view was left out (None when used)
+        levels: its detector binning factors, coarse to fine
+        T_cam_from_ref: the relative transform used (refined when ``view_prior`` was given)
+    """
+
+    index: int
+    pose: np.ndarray
+    used: bool
+    similarity: float
+    confidence: Confidence | None
+    error: str | None
+    levels: list[int]
+    T_cam_from_ref: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "pose": np.asarray(self.pose, float).tolist(), "used": self.used,
+                "similarity": float(self.similarity),
+                "confidence": None if self.confidence is None else self.confidence.to_dict(),
+                "error": self.error, "levels": list(self.levels),
+                "T_cam_from_ref": np.asarray(self.T_cam_from_ref, float).tolist()}
+
+
+@dataclass
+class MultiViewResult:
+    """What `Registrar.register_views` returns. ``pose`` (T_ref_from_ct) is never NaN.
+
+    Attributes:
+        pose: 4x4 float64 T_ref_from_ct
+        status: as `RegistrationResult.status`
+        confidence: `MultiViewConfidence` (per-view scores and the 3-D uncertainty)
+        views: one `ViewResult` per frame, in order (``views[i].pose`` = T_cam_i_from_ct)
+        iterations: renders with Jacobian over all views and levels
+        timings: {"total_ms", "stages", "iterations"} as for `register`
+        initial_pose: the T_ref_from_ct the search started from
+        stop_reason: why the loop stopped, before the confidence check
+        warnings: views left out, levels skipped, ...
+        history: per evaluation {"stage": "views", "level", "pose" (T_ref_from_ct), "cost", "accepted"}
+        backend: projector backend
+    """
+
+    pose: np.ndarray
+    status: Status
+    confidence: MultiViewConfidence
+    views: list[ViewResult]
+    iterations: int
+    timings: dict[str, Any]
+    initial_pose: np.ndarray
+    stop_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    backend: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the pose may be used (not failed / diverged)."""
+        return self.status in ("converged", "deadline", "max_iterations")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pose": np.asarray(self.pose, float).tolist(), "status": self.status,
+                "stop_reason": self.stop_reason, "iterations": int(self.iterations),
+                "confidence": self.confidence.to_dict(), "views": [v.to_dict() for v in self.views],
+                "timings": self.timings, "initial_pose": np.asarray(self.initial_pose, float).tolist(),
+                "warnings": list(self.warnings), "backend": self.backend}
