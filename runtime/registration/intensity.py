@@ -80,8 +80,9 @@ class IntensityStage:
         return param_update(T, delta, self.centre, self.rho)
 
     # ------------------------------------------------------------------------------ run
-    def run(self, T_start: np.ndarray, T_init: np.ndarray) -> IntensityOutcome:
-        """Coarse to fine from ``T_start`` (``T_init``: the pose before the learned stage)."""
+    def run(self, T_start: np.ndarray, T_init: np.ndarray, first_level: int = 0) -> IntensityOutcome:
+        """Coarse to fine from ``T_start`` (``T_init``: the pose before the learned stage), from
+        pyramid level ``first_level`` (tracking skips the coarse levels and their search)."""
         T = T_start
         status: Status = "converged"
         last, hard_failure = None, None
@@ -89,7 +90,9 @@ class IntensityStage:
         iteration_s = self.clock.iteration_s
         try:
             for li, f in enumerate(self.levels):
-                if li > 0 and f in iteration_s and self.clock.past_deadline(f):
+                if li < first_level:
+                    continue
+                if li > first_level and f in iteration_s and self.clock.past_deadline(f):
                     status = "deadline"
                     break
                 lv = self._prepare(li, f, T)

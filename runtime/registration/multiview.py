@@ -191,8 +191,6 @@ class _MultiView:
                 break
             status = "converged" if res.status == "converged" else "max_iterations"
         n_eval = sum(v.stage.n_eval for v in self.views)
-        if not self.active:
-            hard, status = "no view could be used", "diverged"
         return T, status, hard, n_eval
 
     def _prepare(self, li: int, n_levels: int, T: np.ndarray) -> list[_View]:
@@ -382,6 +380,8 @@ def register_views(reg: Any, frames: list, T_cam_from_ref: Any, init: Any, budge
     except Exception as exc:  # noqa: BLE001 -- divergence never leaks out as an exception
         T, status, hard, n_eval = T0, "diverged", f"registration diverged: {type(exc).__name__}: {exc}", 0
     clock.stages["intensity"] = clock.elapsed_ms(t_int)
+    if not mv.active:  # input problems found inside the loop (flat frames, too few pixels) are typed errors
+        raise RegistrationError("no view can be used: " + "; ".join(f"view {v.index}: {v.error}" for v in views))
     return _result(reg, mv, T, T0, status, hard, n_eval, clock, history, warnings, max_tre_mm)
 
 

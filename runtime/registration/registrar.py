@@ -63,6 +63,7 @@ from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, MultiViewResult, RegistrationResult
 from runtime.registration.similarity import prepare_similarity
 from runtime.registration.timing import CallClock, check_budget_ms
+from runtime.registration.tracking import Tracker, TrackingOptions
 from runtime.registration.working import WorkingVolumes
 
 __all__ = ["Registrar", "RegistrarOptions"]
@@ -223,19 +224,15 @@ class Registrar:
                                   self.budget_ms if budget_ms is None else check_budget_ms(budget_ms),
                                   view_prior=view_prior, max_tre_mm=max_tre_mm)
 
-    def track(self, frames: Iterable[Any], init: Any = None, budget_ms: float | None = None
-              ) -> list[RegistrationResult]:
-        """Register a sequence; each frame starts from the last accepted pose (else the last start)."""
-        results = []
-        start = init
-        for fr in frames:
-            res = self.register(fr, init=start, budget_ms=budget_ms)
-            results.append(res)
-            if res.ok and res.confidence.accepted:
-                start = res.pose
-            elif start is None or isinstance(start, str):
-                start = res.initial_pose
-        return results
+    def track(self, frames: Iterable[Any], init: Any = None, budget_ms: float | None = None, *,
+              reinit: Any = None, options: TrackingOptions | None = None) -> list[RegistrationResult]:
+        """Register a cine sequence with a `Tracker` (module `runtime.registration.tracking`): each
+        frame starts from the last accepted pose (constant-velocity prediction), a short pyramid
+        while the motion is small, the whole pyramid after a frame not accepted, ``reinit`` (default
+        ``init``) after ``options.reinit_after`` of them. An unusable frame gives a "failed" result,
+        not an exception. For a live stream, keep a `Tracker` and call ``step`` per frame."""
+        tracker = Tracker(self, init=init, reinit=reinit, budget_ms=budget_ms, options=options)
+        return [tracker.step(fr) for fr in frames]
 
     def working_factors(self, intr: Intrinsics, binning: int) -> tuple[int, int, int]:
         """Block-averaging factors (i, j, k) of the CT for detector level ``binning`` of ``intr``
@@ -251,7 +248,7 @@ class Registrar:
         return anatomy_distance(T1, T2, self.centre_ct, self.options.rho_mm if rho is None else rho)
 
     # ----------------------------------------------------------------------------- stages
-    def _register(self, frame: Any, init: Any, budget_ms: float | None) -> RegistrationResult:
+    def _register(self, frame: Any, init: Any, budget_ms: float | None, first_level: int = 0) -> RegistrationResult:
         clock = CallClock(budget_ms, self.profile)
         history: list[dict[str, Any]] = []
         warnings: list[str] = []
@@ -261,9 +258,12 @@ class Registrar:
         T1, n_learned = self._learned_stage(img, valid, intr, T0, clock, history, warnings)
         t_int = time.perf_counter()
         stage = IntensityStage(self, img, valid, intr, levels, clock, history, warnings, n_learned)
-        outcome = stage.run(T1, T0)
+        first = min(max(int(first_level), 0), len(levels) - 1)
+        outcome = stage.run(T1, T0, first)
         clock.stages["intensity"] = clock.elapsed_ms(t_int)
-        return self._result(outcome, T0, levels, clock, history, warnings, net_info)
+        res = self._result(outcome, T0, levels, clock, history, warnings, net_info)
+        res.levels = levels[first:]
+        return res
 
     def _init_stage(self, init: Any, fluoro: Any, img: np.ndarray, valid: np.ndarray, intr: Intrinsics,
                     clock: CallClock, warnings: list[str]) -> tuple[np.ndarray, dict[str, Any] | None]:

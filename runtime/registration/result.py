@@ -71,6 +71,9 @@ class RegistrationResult:
         warnings: anything worth a log line (e.g. fell back to the whole valid region)
         network_init: init="network": the RTPI's output ("sopi_pose"), its "preprocess_ms" /
             "inference_ms" and the network inputs it was fed ("feeds"); None for other inits
+        tracking: set by `Tracker` / `Registrar.track`: {"mode": "short" | "short+full" | "full" |
+            "reinit", "predicted": start from the constant-velocity model, "reinitialised",
+            "frames_not_accepted": consecutive frames not accepted, this one included}
     """
 
     pose: np.ndarray
@@ -88,6 +91,7 @@ class RegistrationResult:
     backend: str = ""
     warnings: list[str] = field(default_factory=list)
     network_init: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +118,8 @@ class RegistrationResult:
             d["network_init"] = {"sopi_pose": np.asarray(self.network_init["sopi_pose"], float).tolist(),
                                  "preprocess_ms": float(self.network_init["preprocess_ms"]),
                                  "inference_ms": float(self.network_init["inference_ms"])}
+        if self.tracking is not None:
+            d["tracking"] = dict(self.tracking)
         if history:
             d["history"] = [dict(h, pose=np.asarray(h["pose"], float).tolist()) for h in self.history]
         return d

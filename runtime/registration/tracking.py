@@ -1,0 +1,161 @@
+"""Cine tracking: one frame after another, each warm-started from the last accepted pose.
+
+    tracker = Tracker(reg, init=T0, budget_ms=60)      # or Registrar.track(frames, init=T0)
+    for frame in stream:
+        res = tracker.step(frame)                        # a RegistrationResult, never raises for a bad frame
+        res.tracking                                     # {"mode", "predicted", "reinitialised", "frames_lost"}
+
+Per frame: the start is the last accepted pose moved by the constant-velocity model (the relative
+motion between the last two accepted frames, when they were consecutive). While the motion is small
+(the last inter-frame motion of the anatomy below ``small_motion_mm``) only the finest
+``short_levels`` pyramid levels run, without the coarse search ("short"); a short run that is not
+accepted is retried with the whole pyramid and its search when at least half of the budget is left
+("short+full"). After a frame that was not accepted the next one runs the whole pyramid ("full")
+from the last accepted pose; after ``reinit_after`` consecutive frames not accepted the start is the
+re-initialisation source (``reinit``: a 4x4 pose, "dicom" or "network"; default the first ``init``)
+("reinit"). A frame that is not accepted never becomes a start and never updates the velocity; an
+unusable frame (flat, NaN, wrong size) gives a result with status "failed" and the reason in
+``confidence.reasons`` instead of an exception."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.core.pose import invert
+from runtime.errors import SopiError
+from runtime.registration.result import Confidence, RegistrationResult
+from runtime.registration.timing import check_budget_ms
+
+__all__ = ["Tracker", "TrackingOptions"]
+
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    """How `Tracker` (and `Registrar.track`) runs a cine sequence (see the module docstring).
+
+    Attributes:
+        predict: start from the constant-velocity prediction (else from the last accepted pose)
+        small_motion_mm: last inter-frame motion of the anatomy (centre displacement + rho x angle,
+            mm) below which a frame runs the short pyramid
+        short_levels: how many of the finest pyramid levels a short run uses (>= 1)
+        reinit_after: consecutive frames not accepted before the start is the re-init source
+        retry_full: retry a short run that was not accepted with the whole pyramid (time allowing)
+    """
+
+    predict: bool = True
+    small_motion_mm: float = 3.0
+    short_levels: int = 1
+    reinit_after: int = 5
+    retry_full: bool = True
+
+    def __post_init__(self) -> None:
+        from runtime.errors import RegistrationError
+        if not (math.isfinite(self.small_motion_mm) and self.small_motion_mm >= 0):
+            raise RegistrationError(f"TrackingOptions.small_motion_mm must be >= 0, got {self.small_motion_mm!r}")
+        if int(self.short_levels) < 1:
+            raise RegistrationError(f"TrackingOptions.short_levels must be >= 1, got {self.short_levels!r}")
+        if int(self.reinit_after) < 1:
+            raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
+
+
+def _unusable(start: np.ndarray, exc: Exception, ms: float) -> RegistrationResult:
+    reason = f"{type(exc).__name__}: {exc}"
+    return RegistrationResult(
+        pose=np.asarray(start, float), status="failed", iterations=0, similarity=float("nan"),
+        confidence=Confidence(0.0, False, float("nan"), float("inf"), reasons=[reason]),
+        timings={"total_ms": ms, "stages": {}, "iterations": []}, history=[], initial_pose=np.asarray(start, float),
+        stop_reason="unusable", warnings=[reason])
+
+
+class Tracker:
+    """Frame-by-frame registration of a cine run with one `Registrar` (module docstring).
+
+    Args:
+        registrar: the `Registrar` (its lock serialises concurrent use).
+        init: start of the first frame: a 4x4 T_cam_from_ct, "dicom", "network" or None (as
+            `Registrar.register`).
+        reinit: start after ``reinit_after`` frames not accepted (default: ``init``).
+        budget_ms: deadline per frame (default: the registrar's).
+        options: `TrackingOptions`.
+    """
+
+    def __init__(self, registrar: Any, init: Any = None, reinit: Any = None, budget_ms: float | None = None,
+                 options: TrackingOptions | None = None) -> None:
+        self.reg = registrar
+        self.init = init
+        self.reinit = init if reinit is None else reinit
+        self.budget_ms = registrar.budget_ms if budget_ms is None else check_budget_ms(budget_ms)
+        self.options = options or TrackingOptions()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the sequence: the next frame starts from ``init``."""
+        self.pose: np.ndarray | None = None      # last accepted pose
+        self.velocity: np.ndarray | None = None  # T_k @ inv(T_k-1) of the last two accepted frames
+        self.motion_mm = math.inf                # anatomy motion between them
+        self.bad = 0                             # consecutive frames not accepted
+        self.frames = 0
+
+    def _start(self) -> tuple[Any, str, bool]:
+        """(start, mode, predicted)."""
+        o = self.options
+        if self.bad >= o.reinit_after and (self.reinit is not None or self.pose is None):
+            return self.reinit, "reinit", False
+        if self.pose is None:
+            return self.init, "full", False
+        if self.bad > 0:
+            return self.pose, "full", False
+        if o.predict and self.velocity is not None:
+            start, predicted = self.velocity @ self.pose, True
+        else:
+            start, predicted = self.pose, False
+        return start, ("short" if self.motion_mm < o.small_motion_mm else "full"), predicted
+
+    def step(self, frame: Any) -> RegistrationResult:
+        """Register the next frame of the sequence."""
+        t0 = time.perf_counter()
+        start, mode, predicted = self._start()
+        if mode == "reinit":
+            self.bad = 0
+        reg, o = self.reg, self.options
+        n_levels = len(self._levels(frame))
+        first = max(n_levels - int(o.short_levels), 0) if mode == "short" else 0
+        try:
+            with reg._lock:
+                res = reg._register(frame, start, self.budget_ms, first_level=first)
+                if mode == "short" and o.retry_full and not (res.ok and res.confidence.accepted):
+                    left = None if self.budget_ms is None else self.budget_ms - (time.perf_counter() - t0) * 1e3
+                    if left is None or left > 0.5 * self.budget_ms:  # type: ignore[operator]
+                        res = reg._register(frame, start, left, first_level=0)
+                        mode = "short+full"
+        except SopiError as exc:
+            # an unusable frame (flat, NaN, wrong size, anatomy out of view): reported, never a start
+            fallback = self.pose if self.pose is not None else (start if isinstance(start, np.ndarray) else np.eye(4))
+            res = _unusable(fallback, exc, (time.perf_counter() - t0) * 1e3)
+        self.frames += 1
+        accepted = res.ok and res.confidence.accepted
+        if accepted:
+            if self.pose is not None and self.bad == 0:
+                self.velocity = res.pose @ invert(self.pose)
+                self.motion_mm = reg.anatomy_distance(res.pose, self.pose)
+            else:
+                self.velocity, self.motion_mm = None, math.inf
+            self.pose = np.asarray(res.pose, float)
+            self.bad = 0
+        else:
+            self.bad += 1
+            self.velocity, self.motion_mm = None, math.inf
+        res.tracking = {"mode": mode, "predicted": predicted, "reinitialised": mode == "reinit",
+                        "frames_not_accepted": self.bad}
+        res.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        return res
+
+    def _levels(self, frame: Any) -> list[int]:
+        from runtime.registration.pyramid import auto_levels
+        intr = getattr(frame, "intrinsics", None) or self.reg.intrinsics
+        return auto_levels(intr.width, intr.height, self.reg.options.level_widths)
