@@ -70,7 +70,7 @@ def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
         conditions: tuple[str, ...] = REALISTIC, verbose: bool = True, target_renderer: str = "ours",
-        diffdrr_python: str | None = None, binning: int = 4) -> dict:
+        diffdrr_python: str | None = None, binning: int = 4, backend: str = "cpu") -> dict:
     """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}."""
     import resource
     t_setup = time.perf_counter()
@@ -79,7 +79,7 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
     intr = Intrinsics.perlove_plx118f(binning)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t_reg = time.perf_counter()
-    reg = Registrar(vol, intr, backend="cpu", budget_ms=budget_ms, profile=True, **options)
+    reg = Registrar(vol, intr, backend=backend, budget_ms=budget_ms, profile=True, **options)
     warm_ms = reg.warm_up()
     setup = {"load_s": t_load, "registrar_s": time.perf_counter() - t_reg - warm_ms / 1e3, "warm_up_ms": warm_ms,
              "rss_before_mib": rss0, "rss_after_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

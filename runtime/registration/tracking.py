@@ -120,6 +120,7 @@ class Tracker:
         """Register the next frame of the sequence."""
         t0 = time.perf_counter()
         start, mode, predicted = self._start()
+        follows = self.pose is not None and self.bad == 0  # the previous frame was accepted
         if mode == "reinit":
             self.bad = 0
         reg, o = self.reg, self.options
@@ -140,7 +141,7 @@ class Tracker:
         self.frames += 1
         accepted = res.ok and res.confidence.accepted
         if accepted:
-            if self.pose is not None and self.bad == 0:
+            if follows:
                 self.velocity = res.pose @ invert(self.pose)
                 self.motion_mm = reg.anatomy_distance(res.pose, self.pose)
             else:
