@@ -73,6 +73,7 @@ class RegistrationResult:
             "inference_ms" and the network inputs it was fed ("feeds"); None for other inits
         tracking: set by `Tracker` / `Registrar.track`: {"mode": "short" | "short+full" | "full" |
             "reinit", "predicted": start from the constant-velocity model, "reinitialised",
+            "from_tracked_pose": started from a tracked pose (else from ``init`` / ``reinit``),
             "frames_not_accepted": consecutive frames not accepted, this one included}
     """
 

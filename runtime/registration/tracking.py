@@ -120,6 +120,7 @@ class Tracker:
         """Register the next frame of the sequence."""
         t0 = time.perf_counter()
         start, mode, predicted = self._start()
+        tracked = mode != "reinit" and self.pose is not None
         follows = self.pose is not None and self.bad == 0  # the previous frame was accepted
         if mode == "reinit":
             self.bad = 0
@@ -152,7 +153,7 @@ class Tracker:
             self.bad += 1
             self.velocity, self.motion_mm = None, math.inf
         res.tracking = {"mode": mode, "predicted": predicted, "reinitialised": mode == "reinit",
-                        "frames_not_accepted": self.bad}
+                        "from_tracked_pose": tracked, "frames_not_accepted": self.bad}
         res.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return res
 

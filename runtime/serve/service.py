@@ -1,9 +1,11 @@
 """`Service`: registers every frame it is given in tracking mode and writes exactly one
 `FrameRecord` per frame to its sinks, whatever happens to the frame.
 
-Tracking: a frame starts from the last accepted pose; after ``reinit_after`` frames in a row that
-were not accepted (or when there is no accepted pose yet) it starts from ``init`` again ("dicom":
-the frame's positioner angles; a 4x4 pose; "network": the bundle's initialiser).
+Tracking (`runtime.registration.tracking.Tracker`): a frame starts from the last accepted pose
+(moved by the constant-velocity model; the short pyramid while the motion is small); after
+``reinit_after`` frames in a row that were not accepted (or when there is no accepted pose yet) it
+starts from ``init`` again ("dicom": the frame's positioner angles; a 4x4 pose; "network": the
+bundle's initialiser).
 
 Sources put `Item`s (file paths, pydicom Datasets) into the service's `Inbox` with `submit`, from
 any thread; `run` registers them one at a time. When the inbox is full the oldest item is dropped
@@ -25,6 +27,7 @@ import numpy as np
 
 from calib.errors import SopiError
 from calib.frame import FluoroFrame
+from runtime.registration.tracking import Tracker, TrackingOptions
 from runtime.serve.folder import FolderSource
 from runtime.serve.inbox import Inbox, Item
 from runtime.serve.records import OUTCOMES, FrameRecord
@@ -63,39 +66,32 @@ class Service:
         self.counts: Counter[str] = Counter()
         self._lock = threading.RLock()  # records and counters (sources submit from their threads)
         self._seq = 0
-        self._tracked: np.ndarray | None = None
-        self._misses = 0
+        self.tracker = Tracker(registrar, init=self.init, budget_ms=budget_ms,
+                               options=TrackingOptions(reinit_after=reinit_after))
         self._last_latency_ms = float("nan")
 
     # ------------------------------------------------------------------------------ frames
-    def _start(self) -> tuple[Any, str]:
-        if self._tracked is not None and self._misses < self.reinit_after:
-            return self._tracked, "tracking"
-        return self.init, self.init if isinstance(self.init, str) else "pose"
+    def _init_label(self) -> str:
+        return self.init if isinstance(self.init, str) else "pose"
 
     def handle_frame(self, frame: Any, source: str, source_id: str, frame_index: int | None,
                      received_unix: float, received_mono: float) -> FrameRecord:
         """Register one frame (a `FluoroFrame`) and emit its record."""
-        init, start = self._start()
         try:
-            res = self.registrar.register(frame, init=init, budget_ms=self.budget_ms)
-        except SopiError as exc:
-            self._misses += 1
-            return self._emit(source, source_id, frame_index, received_unix, received_mono, "failed",
-                              f"{type(exc).__name__}: {exc}", start)
+            res = self.tracker.step(frame)
         except Exception as exc:  # noqa: BLE001 - the service must outlive a bug on one frame
             log.exception("internal error on %s", source_id)
-            self._misses += 1
+            self.tracker.bad += 1
             return self._emit(source, source_id, frame_index, received_unix, received_mono, "failed",
-                              f"internal error, please report: {type(exc).__name__}: {exc}", start)
-        ok = res.status in ("converged", "deadline", "max_iterations") and bool(res.confidence.accepted)
-        if ok:
-            self._tracked, self._misses = np.array(res.pose, dtype=np.float64), 0
-            reason = ""
-        else:
-            self._misses += 1
-            reason = f"status {res.status}, confidence {res.confidence.score:.2f}: " + \
-                ("; ".join(res.confidence.reasons) or "not accepted")
+                              f"internal error, please report: {type(exc).__name__}: {exc}", self._init_label())
+        assert res.tracking is not None  # set by every Tracker.step
+        start = "tracking" if res.tracking["from_tracked_pose"] else self._init_label()
+        if res.stop_reason == "unusable":  # the frame could not be registered at all (typed error)
+            return self._emit(source, source_id, frame_index, received_unix, received_mono, "failed",
+                              res.confidence.reasons[0], start)
+        ok = res.ok and bool(res.confidence.accepted)
+        reason = "" if ok else f"status {res.status}, confidence {res.confidence.score:.2f}: " + \
+            ("; ".join(res.confidence.reasons) or "not accepted")
         return self._emit(source, source_id, frame_index, received_unix, received_mono,
                           "accepted" if ok else "not_accepted", reason, start, res.to_dict())
 
@@ -171,7 +167,8 @@ class Service:
     def health(self) -> str:
         """One line: frames per outcome, tracking state, last latency."""
         counts = ", ".join(f"{k} {self.counts.get(k, 0)}" for k in OUTCOMES)
-        state = "tracking" if self._tracked is not None and self._misses < self.reinit_after else "initialising"
+        tr = self.tracker
+        state = "tracking" if tr.pose is not None and tr.bad < self.reinit_after else "initialising"
         return f"{self._seq} frames ({counts}); {state}; last latency {self._last_latency_ms:.0f} ms"
 
     # ------------------------------------------------------------------------------ records
