@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.core.pose import invert
+from runtime.core.pose import invert, validate_pose
 from runtime.errors import SopiError
 from runtime.registration.result import Confidence, RegistrationResult
 from runtime.registration.timing import check_budget_ms
@@ -61,6 +61,14 @@ class TrackingOptions:
             raise RegistrationError(f"TrackingOptions.short_levels must be >= 1, got {self.short_levels!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
+
+
+def _finite_pose(start: Any) -> np.ndarray:
+    """``start`` when it is a rigid 4x4, else the identity (a failed result's pose is never NaN)."""
+    try:
+        return validate_pose(start, "start")
+    except (SopiError, TypeError, ValueError):
+        return np.eye(4)
 
 
 def _unusable(start: np.ndarray, exc: Exception, ms: float) -> RegistrationResult:
@@ -137,8 +145,8 @@ class Tracker:
                         mode = "short+full"
         except SopiError as exc:
             # an unusable frame (flat, NaN, wrong size, anatomy out of view): reported, never a start
-            fallback = self.pose if self.pose is not None else (start if isinstance(start, np.ndarray) else np.eye(4))
-            res = _unusable(fallback, exc, (time.perf_counter() - t0) * 1e3)
+            res = _unusable(self.pose if self.pose is not None else _finite_pose(start), exc,
+                            (time.perf_counter() - t0) * 1e3)
         self.frames += 1
         accepted = res.ok and res.confidence.accepted
         if accepted:
