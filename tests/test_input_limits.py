@@ -456,3 +456,11 @@ def test_label_mask_compressing_like_a_real_one_loads(tmp_path):
         with pytest.raises(CTLoadError, match="differs from the CT"):
             load_mask(q, like_shape=(300, 512, 256))
     assert mem.peak < 5_000_000, mem.peak
+
+
+def test_series_mask_shape_checked_before_reading(tmp_path):
+    folder = write_small_ct_series(tmp_path / "ct", rows=64, cols=64)
+    shape = load_mask(folder).shape
+    assert load_mask(folder, like_shape=shape).shape == shape
+    with pytest.raises(CTLoadError, match="differs from the CT"):
+        load_mask(folder, like_shape=(shape[0], 64, 32))

@@ -410,7 +410,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None, rescale: bool
     if bad:
         raise CTLoadError(f"{bad[0]}: a DICOM image without Pixel Data (7FE0,0010): truncated or incomplete file")
     slices = series[series_uid]
-    return _stack_slices(folder, slices, rescale, limits)
+    return _stack_slices(folder, slices, rescale, limits, like_shape)
 
 
 def _tag_floats(ds, keyword: str, n: int, where: Path) -> np.ndarray:
@@ -461,8 +461,8 @@ def _file_size(f: Path) -> int:
         return 0
 
 
-def _stack_slices(folder: Path, slices: list, rescale: bool,
-                  limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _stack_slices(folder: Path, slices: list, rescale: bool, limits: Limits | None = None,
+                  like_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     limits = resolve_limits(limits)
     f0, ds0 = slices[0]
     with _about(f0):

@@ -31,6 +31,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from runtime.registration.intensity import IntensityStage
 from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, MultiViewConfidence, MultiViewResult, ViewResult
 from runtime.registration.search import grid_starts
-from runtime.registration.solver import LMOptions, StepRejected, levenberg_marquardt
+from runtime.registration.solver import LMOptions, levenberg_marquardt
 from runtime.registration.timing import CallClock
 
 __all__ = ["register_views", "view_transforms_from_dicom"]
@@ -331,7 +332,7 @@ def _views(reg: Any, frames: list, A_list: list, clock: CallClock, history: list
     return views
 
 
-def register_views(reg: Any, frames: list, T_cam_from_ref: Any, init: Any, budget_ms: float | None,
+def register_views(reg: Any, frames: Sequence[Any], T_cam_from_ref: Any, init: Any, budget_ms: float | None,
                    view_prior: tuple[float, float] | None = None, max_tre_mm: float = 2.0) -> MultiViewResult:
     """See `Registrar.register_views` (the registrar's lock is held by the caller)."""
     frames = list(frames)

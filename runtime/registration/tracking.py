@@ -150,7 +150,7 @@ class Tracker:
         self.frames += 1
         accepted = res.ok and res.confidence.accepted
         if accepted:
-            if follows:
+            if follows and self.pose is not None:
                 self.velocity = res.pose @ invert(self.pose)
                 self.motion_mm = reg.anatomy_distance(res.pose, self.pose)
             else:
