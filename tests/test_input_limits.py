@@ -459,8 +459,9 @@ def test_label_mask_compressing_like_a_real_one_loads(tmp_path):
 
 
 def test_series_mask_shape_checked_before_reading(tmp_path):
-    folder = write_small_ct_series(tmp_path / "ct", rows=64, cols=64)
-    shape = load_mask(folder).shape
-    assert load_mask(folder, like_shape=shape).shape == shape
+    folder = write_small_ct_series(tmp_path / "ct", rows=64, cols=64)  # HU values: not labels
+    shape = load_ct(folder).shape
+    with pytest.raises(CTLoadError, match="labels"):  # the shape matched: the voxels were read
+        load_mask(folder, like_shape=shape)
     with pytest.raises(CTLoadError, match="differs from the CT"):
         load_mask(folder, like_shape=(shape[0], 64, 32))
