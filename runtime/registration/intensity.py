@@ -75,6 +75,7 @@ class IntensityStage:
         self.n_eval = evaluations
         self.polarity = None if self.opts.polarity == "auto" else float(self.opts.polarity)
         self.candidates: list[np.ndarray] = []
+        self._start_render: tuple | None = None  # (pose, binning, Render with Jacobian) of a level's start
 
     def _update(self, T: np.ndarray, delta: np.ndarray) -> np.ndarray:
         return param_update(T, delta, self.centre, self.rho)
@@ -173,7 +174,10 @@ class IntensityStage:
         use_mask = reg.has_mask if um is None else (bool(um) and reg.has_mask)
         drr_s = None  # DRR at the level's start pose (the outlier test reuses the mask render's)
         if use_mask:
-            rm = lproj.render(T, jacobian=False, binning=f, mask=True)
+            # the polarity decision at this level needs the start's Jacobian too: one render for both
+            rm = lproj.render(T, jacobian=self.polarity is None, binning=f, mask=True)
+            if rm.jacobian is not None:
+                self._start_render = (T, f, rm)
             drr_s = rm.image
             pm = rm.mask > 0.5 * reg.volume.spacing.min()
             rad = max(1, int(round(opts.mask_dilate_frac * lintr.width)))
@@ -199,7 +203,9 @@ class IntensityStage:
         level's pixel set (robust to any monotone intensity map, where a gradient or local
         similarity can be near 0 at a start far from the truth). Returns the start's evaluation."""
         tp0 = time.perf_counter()
-        rr = lv.proj.render(T, jacobian=True, binning=lv.f, mask=False)
+        cached, self._start_render = self._start_render, None
+        rr = cached[2] if cached is not None and cached[0] is T and cached[1] == lv.f else \
+            lv.proj.render(T, jacobian=True, binning=lv.f, mask=False)
         tp1 = time.perf_counter()
         drr0, jac0 = rr.image, rr.jacobian
         tp2 = time.perf_counter()
