@@ -341,3 +341,28 @@ def test_openigtlink_client_disconnects_and_reconnects(case, registrar):
     finally:
         igtl.close()
     assert service.counts["accepted"] == 3
+
+
+@pytest.mark.parametrize("kind", ["corrupt_nifti", "truncated_npz", "mask_grid"])
+def test_cli_ct_that_fails_to_load_exit_2(case, tmp_path, kind):
+    """A CT (or mask) that exists but cannot be loaded: one error line naming the file, exit 2,
+    nothing served."""
+    ct = case[0] / "ct.npz"
+    args = ["--ct", str(ct), "--watch", str(tmp_path)]
+    if kind == "corrupt_nifti":
+        bad = tmp_path / "ct.nii.gz"
+        bad.write_bytes(b"\x1f\x8b" + b"not a gzip stream" * 10)
+        args[1] = str(bad)
+    elif kind == "truncated_npz":
+        bad = tmp_path / "ct.npz"
+        bad.write_bytes(ct.read_bytes()[: ct.stat().st_size // 2])
+        args[1] = str(bad)
+    else:
+        bad = tmp_path / "mask.npz"
+        np.savez(bad, data=np.zeros((5, 6, 7), np.uint8), affine=np.eye(4))
+        args += ["--mask", str(bad)]
+    proc = _serve(args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "CTLoadError" in err and str(bad) in err and "Traceback" not in err, err
+    assert out.strip() == ""
