@@ -366,3 +366,38 @@ def test_cli_ct_that_fails_to_load_exit_2(case, tmp_path, kind):
     assert proc.returncode == 2, err
     assert "CTLoadError" in err and str(bad) in err and "Traceback" not in err, err
     assert out.strip() == ""
+
+
+def test_overlay_image_over_openigtlink(case, registrar):
+    """Service(overlay=True): after the TRANSFORM of an accepted frame, an IMAGE '<device>Overlay'
+    (1, H, W, 3) uint8 with the DRR's edges in green over the frame, pixel size as spacing."""
+    pyigtl = pytest.importorskip("pyigtl")
+    from runtime.serve.igtl import IgtlSink
+
+    d, vol, intr, poses, frames = case
+    port = _free_port()
+    igtl = IgtlSink(port, device_name="Spine")
+    service = Service(registrar, [igtl], init="dicom", overlay=True)
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", port)
+    try:
+        _wait(igtl.is_connected, 10)
+        rec = service.handle_file(frames[0])[0]
+        assert rec.outcome == "accepted", rec.reason
+        assert client.wait_for_message("Spine", timeout=30) is not None
+        msg = client.wait_for_message("SpineOverlay", timeout=30)
+    finally:
+        client.stop()
+        igtl.close()
+    assert msg is not None
+    img = np.asarray(msg.image)
+    f = rec.result["levels"][-1]
+    assert img.shape == (1, intr.height // f, intr.width // f, 3) and img.dtype == np.uint8
+    green = (img[0, :, :, 1] == 255) & (img[0, :, :, 0] == 0) & (img[0, :, :, 2] == 0)
+    assert green.sum() > 50  # the DRR's edges
+    np.testing.assert_allclose(np.diag(msg.ijk_to_world_matrix)[:2], [intr.du_mm * f, intr.dv_mm * f], rtol=1e-5)
+
+
+def test_cli_overlay_needs_openigtlink():
+    proc = _serve(["--ct", "x", "--watch", ".", "--igtl-overlay"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--igtl-overlay needs --igtl-port" in err, err

@@ -36,7 +36,7 @@ example (sample inputs from `sopi-demo --write-samples DIR`):
 """
 
 OPTIONS = ("ct", "mask", "watch", "video", "video_crop", "video_bone", "dicom_port", "ae_title", "allowed_aes",
-           "igtl_port", "igtl_host", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
+           "igtl_port", "igtl_host", "igtl_overlay", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
            "poll_s", "settle_s", "inbox_size", "bundle", "log_level")
 
 
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--allowed-aes", help="comma-separated calling AE titles accepted (default: any)")
     ap.add_argument("--igtl-port", type=int, help="OpenIGTLink server port (Slicer's default: 18944)")
     ap.add_argument("--igtl-host", help="OpenIGTLink listen address (default 127.0.0.1; 0.0.0.0: every interface)")
+    ap.add_argument("--igtl-overlay", action="store_true", default=None,
+                    help="also send each accepted frame's overlay (DRR edges over the frame) as an OpenIGTLink "
+                         "IMAGE '<device name>Overlay'")
     ap.add_argument("--device-name", help="OpenIGTLink TRANSFORM device name (default CTToCArm)")
     ap.add_argument("--jsonl", help="JSON-lines output file, appended ('-': stdout; default: stdout)")
     ap.add_argument("--calib", help="calibration JSON or profile name (default: the frames' DICOM tags)")
@@ -76,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 DEFAULTS: dict[str, Any] = {"video_bone": "dark", "jsonl": "-", "init": "dicom", "budget_ms": None, "backend": "auto",
                             "reinit_after": 3, "poll_s": 0.1, "settle_s": 0.2, "inbox_size": None, "ae_title": "SOPI",
-                            "device_name": "CTToCArm", "igtl_host": "127.0.0.1", "log_level": "info"}
+                            "device_name": "CTToCArm", "igtl_host": "127.0.0.1", "igtl_overlay": False,
+                            "log_level": "info"}
 
 
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,6 +125,10 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi:
             raise ValueError(f"{key} must be a number in [{lo:g}, {hi:g}), got {v!r}")
+    if not isinstance(cfg["igtl_overlay"], bool):
+        raise ValueError(f"igtl_overlay must be true or false, got {cfg['igtl_overlay']!r}")
+    if cfg["igtl_overlay"] and cfg.get("igtl_port") is None:
+        raise ValueError("--igtl-overlay needs --igtl-port (the overlay goes out over OpenIGTLink)")
     if isinstance(cfg.get("allowed_aes"), str):
         cfg["allowed_aes"] = [a.strip() for a in cfg["allowed_aes"].split(",") if a.strip()]
     return cfg
@@ -146,7 +154,8 @@ def _build(cfg: dict[str, Any]):
         from runtime.serve.igtl import IgtlSink
         sinks.append(IgtlSink(int(cfg["igtl_port"]), device_name=str(cfg["device_name"]), host=str(cfg["igtl_host"])))
     service = Service(reg, sinks, init=init, reinit_after=int(cfg["reinit_after"]), calibration=calib,
-                      inbox_size=int(cfg["inbox_size"] or (1 if cfg.get("video") is not None else 4)))
+                      inbox_size=int(cfg["inbox_size"] or (1 if cfg.get("video") is not None else 4)),
+                      overlay=cfg["igtl_overlay"])
     closers = list(sinks)
     if cfg.get("dicom_port") is not None:
         from runtime.serve.dicom_scp import DicomReceiver

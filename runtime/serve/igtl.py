@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.serve.records import FrameRecord
+from runtime.serve.records import FrameRecord, Overlay
 
 __all__ = ["IgtlSink", "RAS_TO_LPS", "igtl_matrix"]
 
@@ -123,6 +123,13 @@ class IgtlSink:
                 f"confidence={'' if conf is None else f'{conf:.3f}'} latency_ms={record.latency_ms:.1f} "
                 f"source={record.source_id}" + (f" reason={record.reason}" if record.reason else ""))
         self._send(self._pyigtl.StringMessage(text, device_name="SopiStatus"))
+
+    def overlay(self, record: FrameRecord, over: Overlay) -> None:
+        """IMAGE message ``<device name>Overlay``: the RGB overlay as one slice (1, H, W, 3), pixel
+        size at the detector as spacing, image axes as x / y (a 2-D picture, not placed in the CT)."""
+        m = np.diag([over.du_mm, over.dv_mm, 1.0, 1.0])
+        self._send(self._pyigtl.ImageMessage(over.rgb[np.newaxis], ijk_to_world_matrix=m,
+                                             device_name=f"{self.device_name}Overlay"))
 
     def health(self, text: str) -> None:
         self._send(self._pyigtl.StringMessage(text, device_name="SopiHealth"))

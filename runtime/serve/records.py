@@ -7,7 +7,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FrameRecord", "OUTCOMES"]
+import numpy as np
+
+__all__ = ["FrameRecord", "Overlay", "OUTCOMES"]
 
 OUTCOMES = ("accepted", "not_accepted", "failed", "rejected", "dropped")
 # accepted: registered, the pose may be used; not_accepted: registered, the pose must not be used
@@ -49,6 +51,17 @@ class FrameRecord:
     def to_json(self) -> str:
         """One line of JSON (no NaN: non-finite numbers become null)."""
         return json.dumps(_finite(asdict(self)), separators=(",", ":"))
+
+
+@dataclass
+class Overlay:
+    """The overlay of an accepted frame (``Service(overlay=True)``), handed to sinks with an
+    ``overlay(record, overlay)`` method after its record: ``rgb`` (H, W, 3) uint8, the DRR's edges
+    at the registered pose (green) over the frame, pixel size ``du_mm`` x ``dv_mm`` at the detector."""
+
+    rgb: np.ndarray
+    du_mm: float
+    dv_mm: float
 
 
 def _finite(v: Any) -> Any:

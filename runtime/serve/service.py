@@ -30,7 +30,7 @@ from calib.frame import FluoroFrame
 from runtime.registration.tracking import Tracker, TrackingOptions
 from runtime.serve.folder import FolderSource
 from runtime.serve.inbox import Inbox, Item
-from runtime.serve.records import OUTCOMES, FrameRecord
+from runtime.serve.records import OUTCOMES, FrameRecord, Overlay
 
 __all__ = ["Service"]
 
@@ -48,10 +48,13 @@ class Service:
         calibration: passed to `calib.dicom.iter_fluoro` (a `Calibration`, profile name or JSON path).
         budget_ms: deadline per frame (None: the registrar's).
         inbox_size: received objects waiting at most; beyond, the oldest is dropped (and recorded).
+        overlay: attach an `Overlay` (DRR edges at the registered pose over the frame, at the
+            finest pyramid level's resolution) to the records of accepted frames (one render more).
     """
 
     def __init__(self, registrar: Any, sinks: Iterable[Any], *, init: Any = "dicom", reinit_after: int = 3,
-                 calibration: Any = None, budget_ms: float | None = None, inbox_size: int = 4) -> None:
+                 calibration: Any = None, budget_ms: float | None = None, inbox_size: int = 4,
+                 overlay: bool = False) -> None:
         if isinstance(init, str) and init not in ("dicom", "network"):
             raise ValueError(f"init must be 'dicom', 'network' or a 4x4 pose, got {init!r}")
         if isinstance(reinit_after, bool) or not isinstance(reinit_after, int) or reinit_after < 1:
@@ -66,6 +69,7 @@ class Service:
         self.counts: Counter[str] = Counter()
         self._lock = threading.RLock()  # records and counters (sources submit from their threads)
         self._seq = 0
+        self.overlay = bool(overlay)
         self.tracker = Tracker(registrar, init=self.init, budget_ms=budget_ms,
                                options=TrackingOptions(reinit_after=reinit_after))
         self._last_latency_ms = float("nan")
@@ -92,8 +96,33 @@ class Service:
         ok = res.ok and bool(res.confidence.accepted)
         reason = "" if ok else f"status {res.status}, confidence {res.confidence.score:.2f}: " + \
             ("; ".join(res.confidence.reasons) or "not accepted")
-        return self._emit(source, source_id, frame_index, received_unix, received_mono,
-                          "accepted" if ok else "not_accepted", reason, start, res.to_dict())
+        rec = self._emit(source, source_id, frame_index, received_unix, received_mono,
+                         "accepted" if ok else "not_accepted", reason, start, res.to_dict())
+        if ok and self.overlay:  # after the pose went out: the overlay never delays it
+            over = self._overlay(frame, res)
+            for sink in self.sinks:
+                if over is not None and hasattr(sink, "overlay"):
+                    try:
+                        sink.overlay(rec, over)
+                    except Exception:  # noqa: BLE001 - a broken sink must not stop the others
+                        log.exception("sink %r failed on the overlay of record %d", sink, rec.seq)
+        return rec
+
+    def _overlay(self, frame: Any, res: Any) -> Overlay | None:
+        """DRR edges (green) at the registered pose over the frame, at the finest level's size."""
+        from runtime.cli.overlay import overlay_image
+        from runtime.registration.pyramid import bin_image, bin_mask
+
+        try:
+            f = res.levels[-1] if res.levels else 1
+            proj = self.registrar.level_projector(frame.intrinsics, f)
+            drr = proj.render(res.pose, jacobian=False, binning=f, mask=False).image
+            lintr = proj.level_intrinsics(f)
+            bgr = overlay_image(bin_image(frame.image, f), drr, bin_mask(frame.valid, f))
+            return Overlay(np.ascontiguousarray(bgr[:, :, ::-1]), float(lintr.du_mm), float(lintr.dv_mm))
+        except Exception:  # noqa: BLE001 - an overlay is a nicety: its failure never loses the pose
+            log.exception("overlay failed")
+            return None
 
     def submit(self, item: Item) -> None:
         """Queue a received object (any thread); the item it displaces, if any, is recorded as dropped."""
