@@ -13,7 +13,7 @@ from calib.frame import pose_from_positioner
 from calib.geometry import Intrinsics
 from calib.writer import write_xa
 from runtime import Registrar
-from runtime.core.pose import exp_so3, invert
+from runtime.core.pose import invert
 from runtime.errors import RegistrationError
 from runtime.registration.centred import param_update
 from runtime.registration.confidence import tre_uncertainty
@@ -21,15 +21,7 @@ from runtime.registration.metrics import mean_tre_mm, reprojection_distance_mm
 from runtime.registration.multiview import _rot_block
 from runtime.synthetic.frames import perturb_pose, random_near_ap_pose, synthesize_frame
 from runtime.synthetic.phantom import make_phantom
-
-
-def orbit(deg: float, sod: float = 700.0) -> np.ndarray:
-    A = np.eye(4)
-    R = exp_so3(np.array([0.0, math.radians(deg), 0.0]))
-    iso = np.array([0.0, 0.0, sod])
-    A[:3, :3] = R
-    A[:3, 3] = iso - R @ iso
-    return A
+from tools.bench_multiview import orbit
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _median_ms(fn, reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
+from tools.bench_projector import _median_ms  # noqa: E402 -- after the path set-up (run as a script)
 
 
 def gpu_tests(timeout_s: float) -> dict:
@@ -89,7 +82,7 @@ def projector(vol, reps: int = 20) -> list[dict]:
         sync = gpu._state.cuda.synchronize
         for name, proj, jac, n in (("cpu_render", cpu, False, 3), ("cpu_render_jac", cpu, True, 3),
                                    ("cuda_render", gpu, False, reps), ("cuda_render_jac", gpu, True, reps)):
-            def run(proj=proj, jac=jac):
+            def run(proj=proj, jac=jac, gpu=gpu, sync=sync):
                 proj.render(T, jacobian=jac, mask=False)
                 if proj is gpu:
                     sync()
