@@ -65,9 +65,9 @@ class IntensityStage:
 
     def __init__(self, registrar: Any, img: np.ndarray, valid: np.ndarray, intr: Intrinsics,
                  levels: list[int], clock: CallClock, history: list, warnings: list[str],
-                 evaluations: int = 0) -> None:
+                 evaluations: int = 0, options: Any = None) -> None:
         self.reg = registrar
-        self.opts = registrar.options
+        self.opts = options or registrar.options
         self.centre = registrar.centre_ct
         self.rho = self.opts.rho_mm
         self.img, self.valid, self.intr, self.levels = img, valid, intr, levels

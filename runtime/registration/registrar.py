@@ -248,7 +248,10 @@ class Registrar:
         return anatomy_distance(T1, T2, self.centre_ct, self.options.rho_mm if rho is None else rho)
 
     # ----------------------------------------------------------------------------- stages
-    def _register(self, frame: Any, init: Any, budget_ms: float | None, first_level: int = 0) -> RegistrationResult:
+    def _register(self, frame: Any, init: Any, budget_ms: float | None, first_level: int = 0,
+                  options: RegistrarOptions | None = None) -> RegistrationResult:
+        """One registration; ``first_level`` / ``options``: the intensity stage's first pyramid level
+        and settings (tracking's short runs), default all levels and ``self.options``."""
         clock = CallClock(budget_ms, self.profile)
         history: list[dict[str, Any]] = []
         warnings: list[str] = []
@@ -257,7 +260,7 @@ class Registrar:
         levels = auto_levels(intr.width, intr.height, self.options.level_widths)
         T1, n_learned = self._learned_stage(img, valid, intr, T0, clock, history, warnings)
         t_int = time.perf_counter()
-        stage = IntensityStage(self, img, valid, intr, levels, clock, history, warnings, n_learned)
+        stage = IntensityStage(self, img, valid, intr, levels, clock, history, warnings, n_learned, options)
         first = min(max(int(first_level), 0), len(levels) - 1)
         outcome = stage.run(T1, T0, first)
         clock.stages["intensity"] = clock.elapsed_ms(t_int)

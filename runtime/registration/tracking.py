@@ -45,6 +45,9 @@ class TrackingOptions:
         short_levels: how many of the finest pyramid levels a short run uses (>= 1)
         reinit_after: consecutive frames not accepted before the start is the re-init source
         retry_full: retry a short run that was not accepted with the whole pyramid (time allowing)
+        short_xtol_px: convergence step of a short run's finest level, in pixels of that level
+            (`RegistrarOptions.xtol_px` there; None = the registrar's): from a predicted start one
+            Gauss-Newton step usually lands within it, so a frame costs two evaluations, not three
     """
 
     predict: bool = True
@@ -52,6 +55,7 @@ class TrackingOptions:
     short_levels: int = 1
     reinit_after: int = 5
     retry_full: bool = True
+    short_xtol_px: float | None = None
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -59,6 +63,8 @@ class TrackingOptions:
             raise RegistrationError(f"TrackingOptions.small_motion_mm must be >= 0, got {self.small_motion_mm!r}")
         if int(self.short_levels) < 1:
             raise RegistrationError(f"TrackingOptions.short_levels must be >= 1, got {self.short_levels!r}")
+        if self.short_xtol_px is not None and not (math.isfinite(self.short_xtol_px) and 0 < self.short_xtol_px <= 2):
+            raise RegistrationError(f"TrackingOptions.short_xtol_px must be in (0, 2] px, got {self.short_xtol_px!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
 
@@ -137,7 +143,8 @@ class Tracker:
         first = max(n_levels - int(o.short_levels), 0) if mode == "short" else 0
         try:
             with reg._lock:
-                res = reg._register(frame, start, self.budget_ms, first_level=first)
+                res = reg._register(frame, start, self.budget_ms, first_level=first,
+                                    options=self._short_options(n_levels) if mode == "short" else None)
                 if mode == "short" and o.retry_full and not (res.ok and res.confidence.accepted):
                     left = None if self.budget_ms is None else self.budget_ms - (time.perf_counter() - t0) * 1e3
                     if left is None or left > 0.5 * self.budget_ms:  # type: ignore[operator]
@@ -164,6 +171,18 @@ class Tracker:
                         "from_tracked_pose": tracked, "frames_not_accepted": self.bad}
         res.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return res
+
+    def _short_options(self, n_levels: int) -> Any:
+        """The registrar's options with ``short_xtol_px`` at the finest level (None: unchanged)."""
+        x = self.options.short_xtol_px
+        if x is None:
+            return None
+        from dataclasses import replace
+
+        from runtime.registration.pyramid import at_level
+        opts = self.reg.options
+        xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(x),)
+        return replace(opts, xtol_px=xt)
 
     def _levels(self, frame: Any) -> list[int]:
         from runtime.registration.pyramid import auto_levels
