@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--short-levels", type=int, default=1)
     ap.add_argument("--no-predict", action="store_true")
-    ap.add_argument("--short-xtol-px", type=float, default=None, help="TrackingOptions.short_xtol_px")
+    ap.add_argument("--short-xtol-px", type=float, default=0.25, help="TrackingOptions.short_xtol_px (default 0.25)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)

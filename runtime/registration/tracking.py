@@ -55,7 +55,7 @@ class TrackingOptions:
     short_levels: int = 1
     reinit_after: int = 5
     retry_full: bool = True
-    short_xtol_px: float | None = None
+    short_xtol_px: float | None = 0.25
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
