@@ -92,6 +92,25 @@ def test_deadline_within_one_iteration(setup, virtual_clock):
     assert np.all(np.isfinite(res.pose))
 
 
+def test_deadline_short_of_the_optimum_is_not_accepted(setup, virtual_clock):
+    """A deadline that stops the finest level right after its first evaluation, 2 mm off: the
+    Gauss-Newton step still to take is measured and the result is not accepted, whatever the
+    similarity says; the same start without a deadline is accepted."""
+    vol, intr, reg, Tt, frame, pts = setup
+    T0 = perturb_pose(Tt, reg.centre_ct, [0.5, -0.5, 0.3], [1.5, -1.0, 0.5])
+    last = len(reg_levels(reg, intr)) - 1
+    res = reg._register(frame, T0, 1.0, first_level=last)
+    assert res.stop_reason == "deadline" and not res.confidence.accepted
+    assert any("short of the optimum" in r for r in res.confidence.reasons), res.confidence.reasons
+    full = reg._register(frame, T0, None, first_level=last)
+    assert full.confidence.accepted and reprojection_distance_mm(full.pose, Tt, pts, intr) < 0.3
+
+
+def reg_levels(reg, intr):
+    from runtime.registration.pyramid import auto_levels
+    return auto_levels(intr.width, intr.height, reg.options.level_widths)
+
+
 def test_garbage_frame_and_wild_start_never_nan(setup):
     vol, intr, reg, Tt, frame, _ = setup
     rng = np.random.default_rng(5)

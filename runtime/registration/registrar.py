@@ -337,7 +337,7 @@ class Registrar:
             r, J, similarity, lintr = out.last
             cmodel = opts.confidence or ConfidenceModel.for_similarity(kind)
             conf = assess(r, J, similarity, T, self.points_ct, self.centre_ct, lintr, opts.rho_mm, cmodel,
-                          hard_failure=hard_failure)
+                          hard_failure=hard_failure, stopped_early=status == "deadline")
         clock.stages["confidence"] = clock.elapsed_ms(t_conf)
         stop_reason = status
         if status != "diverged" and not conf.accepted:
