@@ -106,6 +106,14 @@ def test_deadline_short_of_the_optimum_is_not_accepted(setup, virtual_clock):
     assert full.confidence.accepted and reprojection_distance_mm(full.pose, Tt, pts, intr) < 0.3
 
 
+def test_deadline_before_the_finest_level_is_not_accepted(setup, virtual_clock):
+    vol, intr, reg, Tt, frame, pts = setup
+    res = reg.register(frame, init=perturb_pose(Tt, reg.centre_ct, [0.5, 0, 0], [1.0, 0, 0]), budget_ms=1.0)
+    assert res.stop_reason == "deadline" and not res.confidence.accepted and res.status == "failed"
+    assert any("before the finest pyramid level" in r for r in res.confidence.reasons), res.confidence.reasons
+    assert np.all(np.isfinite(res.pose))
+
+
 def reg_levels(reg, intr):
     from runtime.registration.pyramid import auto_levels
     return auto_levels(intr.width, intr.height, reg.options.level_widths)

@@ -46,6 +46,8 @@ class IntensityOutcome:
     polarity: float | None
     evaluations: int
     hard_failure: str | None
+    level_index: int = -1
+    # pyramid level (index) of ``last``: below the finest when the deadline came first
 
 
 @dataclass
@@ -87,6 +89,7 @@ class IntensityStage:
         T = T_start
         status: Status = "converged"
         last, hard_failure = None, None
+        last_li = -1
         self.candidates = [T]
         iteration_s = self.clock.iteration_s
         try:
@@ -111,7 +114,7 @@ class IntensityStage:
                 res = results[0]
                 self._keep_candidates(results, px_mm)
                 T = res.x
-                last = (res.r, res.J, 1.0 - res.cost, lv.lintr)
+                last, last_li = (res.r, res.J, 1.0 - res.cost, lv.lintr), li
                 if any(q.status == "stopped" for q in results):
                     status = "deadline"
                     break
@@ -123,7 +126,7 @@ class IntensityStage:
         except Exception as exc:  # noqa: BLE001 -- divergence never leaks out as an exception
             hard_failure = f"registration diverged: {type(exc).__name__}: {exc}"
             status = "diverged"
-        return IntensityOutcome(T, status, last, self.polarity, self.n_eval, hard_failure)
+        return IntensityOutcome(T, status, last, self.polarity, self.n_eval, hard_failure, last_li)
 
     def _keep_candidates(self, results: list[LMResult], px_mm: float) -> None:
         """Later levels' starts: the distinct (not the same pose) best results, best first."""

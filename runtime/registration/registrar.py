@@ -329,6 +329,10 @@ class Registrar:
             status = "diverged"
         t_conf = time.perf_counter()
         kind = str(at_level(opts.similarity, len(levels) - 1))
+        if status == "deadline" and out.last is not None and out.level_index < len(levels) - 1 and not hard_failure:
+            # a coarse level's pose (binned pixels, blurred anatomy) is not a sub-millimetre answer
+            hard_failure = (f"the deadline came before the finest pyramid level (binning {levels[-1]}): "
+                            f"the pose is the {levels[out.level_index]}x-binned level's")
         if out.last is None:
             conf = Confidence(0.0, False, float("nan"), float("inf"),
                               reasons=[hard_failure or "no iteration completed before the deadline"])

@@ -11,7 +11,8 @@ motion between the last two accepted frames, when they were consecutive). While 
 ``short_levels`` pyramid levels run, without the coarse search ("short"); a short run that is not
 accepted is retried with the whole pyramid and its search when at least half of the budget is left
 ("short+full"). After a frame that was not accepted the next one runs the whole pyramid ("full")
-from the last accepted pose; after ``reinit_after`` consecutive frames not accepted the start is the
+from the last accepted pose, unless the deadline alone stopped it: then the motion model still
+holds and the next frame runs short from the prediction; after ``reinit_after`` consecutive frames not accepted the start is the
 re-initialisation source (``reinit``: a 4x4 pose, "dicom" or "network"; default the first ``init``)
 ("reinit"). A frame that is not accepted never becomes a start and never updates the velocity; an
 unusable frame (flat, NaN, wrong size) gives a result with status "failed" and the reason in
@@ -113,6 +114,7 @@ class Tracker:
         self.velocity: np.ndarray | None = None  # T_k @ inv(T_k-1) of the last two accepted frames
         self.motion_mm = math.inf                # anatomy motion between them
         self.bad = 0                             # consecutive frames not accepted
+        self.out_of_time = False                 # ... each of them only because the deadline came
         self.frames = 0
 
     def _start(self) -> tuple[Any, str, bool]:
@@ -122,12 +124,13 @@ class Tracker:
             return self.reinit, "reinit", False
         if self.pose is None:
             return self.init, "full", False
-        if self.bad > 0:
+        if self.bad > 0 and not self.out_of_time:
             return self.pose, "full", False
+        start, predicted = self.pose, False
         if o.predict and self.velocity is not None:
-            start, predicted = self.velocity @ self.pose, True
-        else:
-            start, predicted = self.pose, False
+            for _ in range(self.bad + 1):  # frames since the last accepted one
+                start = self.velocity @ start
+            predicted = True
         return start, ("short" if self.motion_mm < o.small_motion_mm else "full"), predicted
 
     def step(self, frame: Any) -> RegistrationResult:
@@ -160,13 +163,16 @@ class Tracker:
             if follows and self.pose is not None:
                 self.velocity = res.pose @ invert(self.pose)
                 self.motion_mm = reg.anatomy_distance(res.pose, self.pose)
-            else:
+            elif not self.out_of_time:  # (after frames the deadline alone stopped: the model is kept)
                 self.velocity, self.motion_mm = None, math.inf
             self.pose = np.asarray(res.pose, float)
-            self.bad = 0
+            self.bad, self.out_of_time = 0, False
         else:
             self.bad += 1
-            self.velocity, self.motion_mm = None, math.inf
+            # out of time (not a bad fit): the motion model still holds, the next frame stays short
+            self.out_of_time = res.stop_reason == "deadline" and (self.out_of_time or self.bad == 1)
+            if not self.out_of_time:
+                self.velocity, self.motion_mm = None, math.inf
         res.tracking = {"mode": mode, "predicted": predicted, "reinitialised": mode == "reinit",
                         "from_tracked_pose": tracked, "frames_not_accepted": self.bad}
         res.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
