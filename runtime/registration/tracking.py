@@ -49,6 +49,10 @@ class TrackingOptions:
         short_xtol_px: convergence step of a short run's finest level, in pixels of that level
             (`RegistrarOptions.xtol_px` there; None = the registrar's): from a predicted start one
             Gauss-Newton step usually lands within it, so a frame costs two evaluations, not three
+        full_budget_factor: a frame that runs the whole pyramid (the first one, re-init, recovery
+            after a bad frame) gets this many times the per-frame budget: a deadline that stops the
+            pyramid before its finest level gives a result that is never accepted, so lock-on needs
+            the time; a live source drops (latest frame wins) what arrives meanwhile
     """
 
     predict: bool = True
@@ -57,6 +61,7 @@ class TrackingOptions:
     reinit_after: int = 5
     retry_full: bool = True
     short_xtol_px: float | None = 0.25
+    full_budget_factor: float = 4.0
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -66,6 +71,8 @@ class TrackingOptions:
             raise RegistrationError(f"TrackingOptions.short_levels must be >= 1, got {self.short_levels!r}")
         if self.short_xtol_px is not None and not (math.isfinite(self.short_xtol_px) and 0 < self.short_xtol_px <= 2):
             raise RegistrationError(f"TrackingOptions.short_xtol_px must be in (0, 2] px, got {self.short_xtol_px!r}")
+        if not (math.isfinite(self.full_budget_factor) and self.full_budget_factor >= 1):
+            raise RegistrationError(f"TrackingOptions.full_budget_factor must be >= 1, got {self.full_budget_factor!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
 
@@ -146,7 +153,9 @@ class Tracker:
         first = max(n_levels - int(o.short_levels), 0) if mode == "short" else 0
         try:
             with reg._lock:
-                res = reg._register(frame, start, self.budget_ms, first_level=first,
+                budget = self.budget_ms if mode == "short" or self.budget_ms is None else \
+                    self.budget_ms * o.full_budget_factor
+                res = reg._register(frame, start, budget, first_level=first,
                                     options=self._short_options(n_levels) if mode == "short" else None)
                 if mode == "short" and o.retry_full and not (res.ok and res.confidence.accepted):
                     left = None if self.budget_ms is None else self.budget_ms - (time.perf_counter() - t0) * 1e3
