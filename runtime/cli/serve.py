@@ -36,8 +36,8 @@ example (sample inputs from `sopi-demo --write-samples DIR`):
 """
 
 OPTIONS = ("ct", "mask", "watch", "video", "video_crop", "video_bone", "dicom_port", "ae_title", "allowed_aes",
-           "igtl_port", "igtl_host", "igtl_overlay", "device_name", "jsonl", "calib", "init", "budget_ms", "backend", "reinit_after",
-           "poll_s", "settle_s", "inbox_size", "bundle", "log_level")
+           "igtl_port", "igtl_host", "igtl_overlay", "device_name", "jsonl", "calib", "init", "budget_ms", "backend",
+           "reinit_after", "poll_s", "settle_s", "inbox_size", "bundle", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,11 +12,11 @@ motion between the last two accepted frames, when they were consecutive). While 
 accepted is retried with the whole pyramid and its search when at least half of the budget is left
 ("short+full"). After a frame that was not accepted the next one runs the whole pyramid ("full")
 from the last accepted pose, unless the deadline alone stopped it: then the motion model still
-holds and the next frame runs short from the prediction; after ``reinit_after`` consecutive frames not accepted the start is the
-re-initialisation source (``reinit``: a 4x4 pose, "dicom" or "network"; default the first ``init``)
-("reinit"). A frame that is not accepted never becomes a start and never updates the velocity; an
-unusable frame (flat, NaN, wrong size) gives a result with status "failed" and the reason in
-``confidence.reasons`` instead of an exception."""
+holds and the next frame runs short from the prediction. After ``reinit_after`` consecutive frames
+not accepted the start is the re-initialisation source (``reinit``: a 4x4 pose, "dicom" or
+"network"; default the first ``init``) ("reinit"). A frame that is not accepted never becomes a
+start and never updates the velocity; an unusable frame (flat, NaN, wrong size) gives a result
+with status "failed" and the reason in ``confidence.reasons`` instead of an exception."""
 
 from __future__ import annotations
 
