@@ -238,3 +238,29 @@ def test_simulated_dicom_read_and_registered(tmp_path, pir, sim_setup):
     T0 = perturb_pose(Tt, reg.centre_ct, [1.5, -1.5, 1.0], [4.0, -3.0, 5.0])
     res = reg.register(got, init=T0)
     assert reprojection_distance_mm(res.pose, Tt, vol.mask_points(max_points=2000), intr) < 0.5
+
+
+def test_window_render_gives_the_same_residuals(setup):
+    """The LM renders only the pixel set's bounding box (+ the filters' reach): residuals, Jacobian
+    and cost equal those of the whole level's render (float32 rounding)."""
+    from dataclasses import replace
+
+    from runtime.registration.intensity import IntensityStage
+    from runtime.registration.pyramid import auto_levels
+    from runtime.registration.timing import CallClock
+
+    vol, intr, _, Tt, frame, pts = setup
+    reg = Registrar(vol, intr, mask=np.isin(vol.mask, [2, 3]), backend="cpu")  # two vertebrae
+    levels = auto_levels(intr.width, intr.height, reg.options.level_widths)
+    stage = IntensityStage(reg, frame.image, np.ones(intr.shape, bool), intr, levels, CallClock(None, False), [], [])
+    stage.polarity = -1.0
+    T = perturb_pose(Tt, reg.centre_ct, [0.5, -0.3, 0.2], [1.0, 0.5, 0.0])
+    lv = stage._prepare(len(levels) - 1, levels[-1], T)
+    assert lv.roi is not None  # the projected, dilated mask is a window of the level
+    v0, v1, u0, u1 = lv.roi
+    assert (v1 - v0) * (u1 - u0) < 0.8 * lv.target.size
+    r1, J1, c1 = stage.evaluate_level(lv, T)
+    r0, J0, c0 = stage.evaluate_level(replace(lv, roi=None), T)
+    np.testing.assert_allclose(r1, r0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(J1, J0, rtol=1e-4, atol=1e-6 * np.abs(J0).max())
+    assert c1 == pytest.approx(c0, rel=1e-5)

@@ -60,6 +60,22 @@ class _Level:
     sel: np.ndarray
     sim: Any
     min_px: int
+    roi: tuple[int, int, int, int] | None = None
+    # the rendered window (v0, v1, u0, u1) of the LM's evaluations: the pixel set's bounding box
+    # plus the filters' reach; None = the whole level
+
+
+def _render_window(sel: np.ndarray, sigma_px: float) -> tuple[int, int, int, int] | None:
+    """Bounding box of ``sel`` grown by the Sobel + Gaussian reach (no selected pixel's filtered
+    value depends on a pixel outside it); None when it would not save a fifth of the pixels."""
+    rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
+    if rows.size == 0:
+        return None
+    m = 2 + int(math.ceil(3.0 * sigma_px))
+    H, W = sel.shape
+    v0, v1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + 1 + m, H)
+    u0, u1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + 1 + m, W)
+    return None if (v1 - v0) * (u1 - u0) > 0.8 * H * W else (v0, v1, u0, u1)
 
 
 class IntensityStage:
@@ -159,7 +175,8 @@ class IntensityStage:
                                          1.0 if self.polarity is None else self.polarity,
                                          sigma_px=float(at_level(self.opts.sigma_px, li)), min_pixels=min_px,
                                          tile_px=int(at_level(self.opts.tile_px, li)))
-                return _Level(li, f, lproj, lintr, target, pset, sim, min_px)
+                return _Level(li, f, lproj, lintr, target, pset, sim, min_px,
+                              _render_window(pset, float(at_level(self.opts.sigma_px, li))))
             except RegistrationError:
                 # too few usable pixels (small field, filter erosion, many outliers): a larger
                 # pixel set, else the next level; the finest level must work
@@ -256,9 +273,16 @@ class IntensityStage:
         if not (-0.5 * lv.lintr.width <= uv[0] <= 1.5 * lv.lintr.width and
                 -0.5 * lv.lintr.height <= uv[1] <= 1.5 * lv.lintr.height):
             raise StepRejected("anatomy centre left the view")
-        rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False)
+        rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False, roi=lv.roi)
         t1 = time.perf_counter()
         drr, jac = rr.image, rr.jacobian
+        if lv.roi is not None:  # the window into a level-sized frame (zeros outside: never selected)
+            v0, v1, u0, u1 = lv.roi
+            full = np.zeros(lv.target.shape, np.float32)
+            full[v0:v1, u0:u1] = drr
+            fj = np.zeros((6,) + lv.target.shape, np.float32)
+            fj[:, v0:v1, u0:u1] = jac
+            drr, jac = full, fj
         t2 = time.perf_counter()
         r, J, cost, _ = lv.sim.evaluate(drr, jac)
         J = param_jacobian(J, Tc, self.centre, self.rho)
