@@ -110,3 +110,33 @@ def test_tracking_options_checked():
         TrackingOptions(reinit_after=0)
     with pytest.raises(RegistrationError, match="small_motion_mm"):
         TrackingOptions(small_motion_mm=float("nan"))
+
+
+def test_c_arm_swung_between_frames(setup, tmp_path):
+    """AP, AP, then lateral (DICOM primary angle 0 -> 90): the lateral frame starts from the tracked
+    pose moved by the C-arm's rotation about the isocentre ("view") and is registered; tracking
+    from the AP pose as if nothing had moved cannot register it."""
+    from calib import read_fluoro
+    from calib.frame import pose_from_positioner
+    from calib.writer import write_xa
+
+    vol, intr, reg = setup
+    T_true = perturb_pose(np.eye(4), vol.centre, np.array([1.5, -1.0, 0.5]), np.array([3.0, -2.0, 4.0]))
+    frames, truths = [], []
+    for k, primary in enumerate((0.0, 0.0, 90.0)):
+        P = pose_from_positioner(primary, 0.0, 700.0, vol.centre)
+        fr = synthesize_frame(vol, intr, P @ T_true, rng=np.random.default_rng(k), i0=3e4)
+        frames.append(read_fluoro(write_xa(tmp_path / f"f{k}.dcm", fr.line_integrals, intr, sod_mm=700.0,
+                                           primary_deg=primary)))
+        truths.append(P @ T_true)
+    tr = Tracker(reg, init="dicom")
+    res = [tr.step(f) for f in frames]
+    assert [r.tracking["mode"] for r in res] == ["full", "full", "view"]
+    for r, T in zip(res, truths):
+        assert r.confidence.accepted, r.confidence.reasons
+        assert reprojection_distance_mm(r.pose, T, reg.points_ct, intr) < 0.5
+    blind = Tracker(reg, init="dicom", options=TrackingOptions(view_change_deg=360.0))
+    res = [blind.step(f) for f in frames]
+    assert res[2].tracking["mode"] != "view"
+    assert not (res[2].confidence.accepted and reprojection_distance_mm(res[2].pose, truths[2], reg.points_ct,
+                                                                        intr) < 0.5)

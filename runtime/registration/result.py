@@ -71,7 +71,7 @@ class RegistrationResult:
         warnings: anything worth a log line (e.g. fell back to the whole valid region)
         network_init: init="network": the RTPI's output ("sopi_pose"), its "preprocess_ms" /
             "inference_ms" and the network inputs it was fed ("feeds"); None for other inits
-        tracking: set by `Tracker` / `Registrar.track`: {"mode": "short" | "short+full" | "full" |
+        tracking: set by `Tracker` / `Registrar.track`: {"mode": "short" | "short+full" | "full" | "view" |
             "reinit", "predicted": start from the constant-velocity model, "reinitialised",
             "from_tracked_pose": started from a tracked pose (else from ``init`` / ``reinit``),
             "frames_not_accepted": consecutive frames not accepted, this one included}

@@ -14,9 +14,11 @@ accepted is retried with the whole pyramid and its search when at least half of 
 from the last accepted pose, unless the deadline alone stopped it: then the motion model still
 holds and the next frame runs short from the prediction. After ``reinit_after`` consecutive frames
 not accepted the start is the re-initialisation source (``reinit``: a 4x4 pose, "dicom" or
-"network"; default the first ``init``) ("reinit"). A frame that is not accepted never becomes a
-start and never updates the velocity; an unusable frame (flat, NaN, wrong size) gives a result
-with status "failed" and the reason in ``confidence.reasons`` instead of an exception."""
+"network"; default the first ``init``) ("reinit"). A frame whose DICOM positioner angles moved
+(the C-arm was swung) starts from the last pose moved by that rotation about the isocentre
+("view"). A frame that is not accepted never becomes a start and never updates the velocity; an
+unusable frame (flat, NaN, wrong size) gives a result with status "failed" and the reason in
+``confidence.reasons`` instead of an exception."""
 
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ class TrackingOptions:
             after a bad frame) gets this many times the per-frame budget: a deadline that stops the
             pyramid before its finest level gives a result that is never accepted, so lock-on needs
             the time; a live source drops (latest frame wins) what arrives meanwhile
+        view_change_deg: when a frame's DICOM positioner angles differ from those of the last
+            accepted frame by more than this (the C-arm was swung, e.g. AP to lateral), its start is
+            the last pose moved by the C-arm's rotation (``P_new inv(P_old) T``, `calib.frame.
+            pose_from_positioner` about the isocentre) and the whole pyramid runs ("view")
     """
 
     predict: bool = True
@@ -62,6 +68,7 @@ class TrackingOptions:
     retry_full: bool = True
     short_xtol_px: float | None = 0.25
     full_budget_factor: float = 4.0
+    view_change_deg: float = 2.0
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -73,6 +80,8 @@ class TrackingOptions:
             raise RegistrationError(f"TrackingOptions.short_xtol_px must be in (0, 2] px, got {self.short_xtol_px!r}")
         if not (math.isfinite(self.full_budget_factor) and self.full_budget_factor >= 1):
             raise RegistrationError(f"TrackingOptions.full_budget_factor must be >= 1, got {self.full_budget_factor!r}")
+        if not (math.isfinite(self.view_change_deg) and self.view_change_deg >= 0):
+            raise RegistrationError(f"TrackingOptions.view_change_deg must be >= 0, got {self.view_change_deg!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
 
@@ -122,6 +131,8 @@ class Tracker:
         self.motion_mm = math.inf                # anatomy motion between them
         self.bad = 0                             # consecutive frames not accepted
         self.out_of_time = False                 # ... each of them only because the deadline came
+        self.view: tuple[tuple[float, float], np.ndarray] | None = None
+        # (positioner angles, their T_cam_from_ct about the isocentre) of the last accepted frame
         self.frames = 0
 
     def _start(self) -> tuple[Any, str, bool]:
@@ -144,6 +155,11 @@ class Tracker:
         """Register the next frame of the sequence."""
         t0 = time.perf_counter()
         start, mode, predicted = self._start()
+        view = self._view_of(frame)
+        if mode != "reinit" and self.pose is not None and view is not None and self.view is not None and \
+                max(abs(a - b) for a, b in zip(view[0], self.view[0])) > self.options.view_change_deg:
+            start, mode, predicted = view[1] @ invert(self.view[1]) @ self.pose, "view", False
+            self.velocity, self.motion_mm = None, math.inf
         tracked = mode != "reinit" and self.pose is not None
         follows = self.pose is not None and self.bad == 0  # the previous frame was accepted
         if mode == "reinit":
@@ -176,6 +192,8 @@ class Tracker:
                 self.velocity, self.motion_mm = None, math.inf
             self.pose = np.asarray(res.pose, float)
             self.bad, self.out_of_time = 0, False
+            if view is not None:
+                self.view = view
         else:
             self.bad += 1
             # out of time (not a bad fit): the motion model still holds, the next frame stays short
@@ -186,6 +204,17 @@ class Tracker:
                         "from_tracked_pose": tracked, "frames_not_accepted": self.bad}
         res.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return res
+
+    def _view_of(self, frame: Any) -> tuple[tuple[float, float], np.ndarray] | None:
+        """(positioner angles, T_cam_from_ct about the isocentre) of a FluoroFrame with angles."""
+        a = getattr(frame, "positioner_primary_deg", None)
+        b = getattr(frame, "positioner_secondary_deg", None)
+        if a is None and b is None or not hasattr(frame, "initial_pose"):
+            return None
+        try:
+            return (float(a or 0.0), float(b or 0.0)), validate_pose(frame.initial_pose(self.reg.volume))
+        except (SopiError, TypeError, ValueError):
+            return None
 
     def _short_options(self, n_levels: int) -> Any:
         """The registrar's options with ``short_xtol_px`` at the finest level (None: unchanged)."""
