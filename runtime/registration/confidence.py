@@ -75,6 +75,24 @@ class ConfidenceModel:
         return cls()
 
 
+def _point_motion(q: np.ndarray, rho_mm: float) -> np.ndarray:
+    """dX / d p (N, 3, 6) for points at ``q = X - c`` from the rotation centre: a twist
+    ``p = (rho * w, v)`` moves a point by ``w x q + v`` (``d X / d w = -[q]x``)."""
+    D = np.zeros((len(q), 3, 6))
+    D[:, 0, 1], D[:, 0, 2] = q[:, 2], -q[:, 1]
+    D[:, 1, 0], D[:, 1, 2] = -q[:, 2], q[:, 0]
+    D[:, 2, 0], D[:, 2, 1] = q[:, 1], -q[:, 0]
+    D[:, :, :3] /= rho_mm
+    D[:, :, 3:] = np.eye(3)
+    return D
+
+
+def _pose_std(cov: np.ndarray, rho_mm: float) -> np.ndarray:
+    """1-sigma of (rx, ry, rz deg; tx, ty, tz mm) from the covariance of the centred parameters."""
+    d = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])
+
+
 def projection_jacobian(points_cam: np.ndarray, centre_cam: np.ndarray, intr: Intrinsics,
                         rho_mm: float) -> np.ndarray:
     """d(u, v in mm at the detector) / d p for points (N, 3) in camera coordinates: (N, 2, 6).
@@ -89,16 +107,7 @@ def projection_jacobian(points_cam: np.ndarray, centre_cam: np.ndarray, intr: In
     dP[:, 0, 2] = -f * x / z**2
     dP[:, 1, 1] = f / z
     dP[:, 1, 2] = -f * y / z**2
-    q = X - np.asarray(centre_cam, float)
-    # d X / d w = -[q]x  (w x q = -q x w)
-    Qx = np.zeros((len(X), 3, 3))
-    Qx[:, 0, 1], Qx[:, 0, 2] = q[:, 2], -q[:, 1]
-    Qx[:, 1, 0], Qx[:, 1, 2] = -q[:, 2], q[:, 0]
-    Qx[:, 2, 0], Qx[:, 2, 1] = q[:, 1], -q[:, 0]
-    out = np.empty((len(X), 2, 6))
-    out[:, :, :3] = dP @ Qx / rho_mm
-    out[:, :, 3:] = dP
-    return out
+    return dP @ _point_motion(X - np.asarray(centre_cam, float), rho_mm)
 
 
 def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: np.ndarray,
@@ -112,27 +121,23 @@ def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: 
     pred_mm = math.inf
     pose_std = np.full(6, np.nan)
     if r is not None and J is not None and len(r) > 6 and np.all(np.isfinite(J)):
-        A = J.T @ J
-        s2 = float(r @ r) / max(len(r) - 6, 1) * m.correlation_factor
-        try:
-            cov = s2 * np.linalg.inv(A)
-            if np.all(np.isfinite(cov)):
-                T = np.asarray(pose, float)
-                Xc = points_ct @ T[:3, :3].T + T[:3, 3]
-                cc = T[:3, :3] @ np.asarray(centre_ct, float) + T[:3, 3]
-                P = projection_jacobian(Xc, cc, intr, rho_mm)
-                var = np.einsum("nij,jk,nik->n", P, cov, P)
-                pred_mm = float(np.sqrt(np.mean(np.maximum(var, 0.0))))
-                d = np.sqrt(np.maximum(np.diag(cov), 0.0))
-                pose_std = np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])
-                if stopped_early:
-                    step = -np.linalg.solve(A, J.T @ r)  # the Gauss-Newton step still to take
-                    left = float(np.sqrt(np.mean(np.sum((P @ step) ** 2, axis=1))))
-                    if not left <= m.max_remaining_mm:
-                        reasons.append(f"stopped by the deadline {left:.2f} mm (anatomy motion at the detector) "
-                                       f"short of the optimum (> {m.max_remaining_mm:g} mm)")
-        except np.linalg.LinAlgError:
+        cov = pose_covariance([r], [J], m.correlation_factor)
+        if cov is None:
             reasons.append("singular normal matrix: the pose is not determined by the image")
+        else:
+            T = np.asarray(pose, float)
+            Xc = points_ct @ T[:3, :3].T + T[:3, 3]
+            cc = T[:3, :3] @ np.asarray(centre_ct, float) + T[:3, 3]
+            P = projection_jacobian(Xc, cc, intr, rho_mm)
+            var = np.einsum("nij,jk,nik->n", P, cov, P)
+            pred_mm = float(np.sqrt(np.mean(np.maximum(var, 0.0))))
+            pose_std = _pose_std(cov, rho_mm)
+            if stopped_early:
+                step = np.linalg.lstsq(J, -r, rcond=None)[0]  # the Gauss-Newton step still to take
+                left = float(np.sqrt(np.mean(np.sum((P @ step) ** 2, axis=1))))
+                if not left <= m.max_remaining_mm:
+                    reasons.append(f"stopped by the deadline {left:.2f} mm (anatomy motion at the detector) "
+                                   f"short of the optimum (> {m.max_remaining_mm:g} mm)")
     if not math.isfinite(pred_mm):
         pred_mm = math.inf
     s_sim = float(np.clip((similarity - m.sim_lo) / (m.sim_hi - m.sim_lo), 0.0, 1.0)) \
@@ -146,7 +151,6 @@ def assess(r: np.ndarray | None, J: np.ndarray | None, similarity: float, pose: 
                        f"predicted reprojection uncertainty {pred_mm:.2f} mm)")
     return Confidence(score=float(score), accepted=not reasons, similarity=float(similarity),
                       predicted_reprojection_mm=float(pred_mm), pose_std=pose_std, reasons=reasons)
-
 
 
 def pose_covariance(rs: list[np.ndarray], Js: list[np.ndarray], correlation_factor: float = 4.0
@@ -176,13 +180,6 @@ def tre_uncertainty(cov: np.ndarray | None, pose: np.ndarray, points_ct: np.ndar
     if cov is None:
         return math.inf, np.full(6, np.nan)
     T = np.asarray(pose, float)
-    q = points_ct @ T[:3, :3].T - T[:3, :3] @ np.asarray(centre_ct, float)
-    D = np.zeros((len(q), 3, 6))
-    D[:, 0, 1], D[:, 0, 2] = q[:, 2], -q[:, 1]
-    D[:, 1, 0], D[:, 1, 2] = -q[:, 2], q[:, 0]
-    D[:, 2, 0], D[:, 2, 1] = q[:, 1], -q[:, 0]
-    D[:, :, :3] /= rho_mm
-    D[:, :, 3:] = np.eye(3)
+    D = _point_motion(points_ct @ T[:3, :3].T - T[:3, :3] @ np.asarray(centre_ct, float), rho_mm)
     var = np.einsum("nij,jk,nik->n", D, cov, D)
-    d = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    return float(np.sqrt(np.mean(np.maximum(var, 0.0)))), np.concatenate([np.degrees(d[:3] / rho_mm), d[3:]])
+    return float(np.sqrt(np.mean(np.maximum(var, 0.0)))), _pose_std(cov, rho_mm)

@@ -63,6 +63,8 @@ class _Level:
     roi: tuple[int, int, int, int] | None = None
     # the rendered window (v0, v1, u0, u1) of the LM's evaluations: the pixel set's bounding box
     # plus the filters' reach; None = the whole level
+    frame: tuple[np.ndarray, np.ndarray] | None = None
+    # with a window: level-sized image and Jacobian buffers, zero outside it (allocated once)
 
 
 def _render_window(sel: np.ndarray, sigma_px: float) -> tuple[int, int, int, int] | None:
@@ -277,12 +279,12 @@ class IntensityStage:
         t1 = time.perf_counter()
         drr, jac = rr.image, rr.jacobian
         if lv.roi is not None:  # the window into a level-sized frame (zeros outside: never selected)
+            if lv.frame is None:
+                lv.frame = (np.zeros(lv.target.shape, np.float32), np.zeros((6,) + lv.target.shape, np.float32))
             v0, v1, u0, u1 = lv.roi
-            full = np.zeros(lv.target.shape, np.float32)
-            full[v0:v1, u0:u1] = drr
-            fj = np.zeros((6,) + lv.target.shape, np.float32)
-            fj[:, v0:v1, u0:u1] = jac
-            drr, jac = full, fj
+            lv.frame[0][v0:v1, u0:u1] = drr
+            lv.frame[1][:, v0:v1, u0:u1] = jac
+            drr, jac = lv.frame
         t2 = time.perf_counter()
         r, J, cost, _ = lv.sim.evaluate(drr, jac)
         J = param_jacobian(J, Tc, self.centre, self.rho)

@@ -57,11 +57,12 @@ MAX_VIEWS = 16
 class _View:
     index: int
     A: np.ndarray            # T_cam_from_ref
-    stage: IntensityStage
+    stage: IntensityStage | None  # None: the frame could not be used at all (``error`` says why)
     levels: list[int]
     error: str | None = None
     lv: Any = None           # the current level's set-up
     last: tuple | None = None  # (r, J_cam, similarity, level intrinsics) at the final pose
+    rows: int = 0            # its residual count at the current level (its block of the stacked LM)
 
     def level(self, li: int, n_levels: int) -> tuple[int, int]:
         """(index in this view's pyramid, binning) of global level ``li`` (aligned at the finest)."""
@@ -74,6 +75,10 @@ def _rot_block(R: np.ndarray) -> np.ndarray:
     B[:3, :3] = R
     B[3:, 3:] = R
     return B
+
+
+def _no_view(views: list[_View]) -> RegistrationError:
+    return RegistrationError("no view can be used: " + "; ".join(f"view {v.index}: {v.error}" for v in views))
 
 
 def view_transforms_from_dicom(frames: list[Any], volume: Any) -> list[np.ndarray]:
@@ -97,8 +102,10 @@ class _MultiView:
         self.centre, self.rho = reg.centre_ct, reg.options.rho_mm
         self.prior = view_prior
         self.E = {v.index: np.eye(4) for v in views}  # relative-transform corrections
-        self.s2 = 1.0
+        self.s2: float | None = None  # with view_prior: the data's residual variance (level's first evaluation)
         self.prior_cov: np.ndarray | None = None  # with view_prior: the shared pose's marginal covariance
+        self._lm_views: list[_View] = []  # the views of the current level's LM
+        self._li = 0                      # the current level
 
     @property
     def active(self) -> list[_View]:
@@ -106,6 +113,10 @@ class _MultiView:
 
     def cam(self, v: _View, T: np.ndarray, E: dict | None = None) -> np.ndarray:
         return (E or self.E)[v.index] @ v.A @ T
+
+    def block(self, v: _View, T: np.ndarray, E: dict | None = None) -> np.ndarray:
+        """diag(R, R): the shared pose's centred parameters in view ``v``'s camera axes."""
+        return _rot_block(self.cam(v, T, E)[:3, :3] @ T[:3, :3].T)
 
     # ------------------------------------------------------------------ the state and its updates
     def _update(self, x: tuple, delta: np.ndarray) -> tuple:
@@ -136,16 +147,20 @@ class _MultiView:
         n_par = 6 + (6 * n if self.prior is not None else 0)
         rs, Js, cost = [], [], 0.0
         for k, v in enumerate(views):
-            Tc = self.cam(v, T, E)
-            r, J, c = v.stage.evaluate_level(v.lv, Tc)
+            assert v.stage is not None  # views in the LM are usable
+            r, J, c = v.stage.evaluate_level(v.lv, self.cam(v, T, E))
+            v.rows = len(r)
             Jf = np.zeros((len(r), n_par))
-            Jf[:, :6] = J @ _rot_block(Tc[:3, :3] @ invert(T)[:3, :3])
+            Jf[:, :6] = J @ self.block(v, T, E)
             if self.prior is not None:
                 Jf[:, 6 + 6 * k:12 + 6 * k] = J
             rs.append(w * r)
             Js.append(w * Jf)
             cost += c / n
         if self.prior is not None:
+            if self.s2 is None:  # the level's first evaluation: the data's residual variance
+                cf = (self.reg.options.confidence or ConfidenceModel()).correlation_factor
+                self.s2 = max(sum(float(r @ r) for r in rs) / max(sum(len(r) for r in rs), 1) / (w * w) * cf, 1e-12)
             # the data term in units of its residual variance: prior residuals scaled by sqrt(s2)
             ws = math.sqrt(self.s2) * w
             for k, v in enumerate(views):
@@ -185,19 +200,19 @@ class _MultiView:
             T, self.E = res.x
             if self.prior is not None:
                 self.prior_cov = self._marginal_covariance(res, len(ready))
-            for v, (r, J, sim, lintr) in zip(ready, self._split_last(res, ready)):
-                v.last = (r, J, sim, lintr)
+            self._split_last(res, ready)
             if res.status == "stopped":
                 status = "deadline"
                 break
             status = "converged" if res.status == "converged" else "max_iterations"
-        n_eval = sum(v.stage.n_eval for v in self.views)
+        n_eval = sum(v.stage.n_eval for v in self.views if v.stage is not None)
         return T, status, hard, n_eval
 
     def _prepare(self, li: int, n_levels: int, T: np.ndarray) -> list[_View]:
         """Set up each active view at level ``li``; views that cannot be used leave (reported)."""
         ready = []
         for v in self.active:
+            assert v.stage is not None  # active views have a stage
             k, f = v.level(li, n_levels)
             Tc = self.cam(v, T)
             try:
@@ -215,10 +230,10 @@ class _MultiView:
             ready.append(v)
         return ready
 
-    def _lm_options(self, li: int, views: list[_View], T: np.ndarray) -> LMOptions:
-        opts = [v.stage._lm_options(v.lv, self.cam(v, T))[0] for v in views]
+    def _lm_options(self, views: list[_View], T: np.ndarray) -> LMOptions:
+        opts = [v.stage._lm_options(v.lv, self.cam(v, T))[0] for v in views if v.stage is not None]
         norms = [o.step_norm for o in opts]
-        blocks = [_rot_block(self.cam(v, T)[:3, :3] @ invert(T)[:3, :3]) for v in views]
+        blocks = [self.block(v, T) for v in views]
 
         def motion_px(d: np.ndarray) -> float:
             # the largest predicted anatomy motion over the views, in pixels of each view's level
@@ -236,7 +251,7 @@ class _MultiView:
 
     def _run_level(self, li: int, n_levels: int, T: np.ndarray, T0: np.ndarray) -> Any:
         views = self._lm_views
-        lopt = self._lm_options(li, views, T)
+        lopt = self._lm_options(views, T)
         lane = ("views", li)
 
         def should_stop() -> bool:
@@ -251,11 +266,7 @@ class _MultiView:
         n_starts = max(1, int(at_level(opts.starts_per_level, li)))
         if li == opts.search_level and n_starts > 1 and not should_stop():
             starts = self._search(T, views, n_starts, should_stop)
-        if self.prior is not None:
-            r0 = [v.stage.evaluate_level(v.lv, self.cam(v, T))[0] for v in views]
-            n_res = sum(len(r) for r in r0)
-            self.s2 = max(sum(float(r @ r) for r in r0) / max(n_res, 1)
-                          * (opts.confidence or ConfidenceModel()).correlation_factor, 1e-12)
+        self.s2 = None  # measured at the level's first evaluation (the start, as before the LM)
         best = None
         for Ts in starts:
             res = levenberg_marquardt(self._evaluate, (Ts, dict(self.E)), self._update, lopt, should_stop, on_eval)
@@ -277,7 +288,7 @@ class _MultiView:
                                n_starts, should_stop, self.centre, opts)
             c0 = Tc[:3, :3] @ self.centre + Tc[:3, 3]
             offsets.append([(Tg[:3, :3] @ self.centre + Tg[:3, 3] - c0)[:2] for Tg in grid])
-            rows.append((Tc[:3, :3] @ invert(T)[:3, :3])[:2])
+            rows.append((Tc[:3, :3] @ T[:3, :3].T)[:2])
         A = np.vstack(rows)
         cands: list[tuple[float, np.ndarray]] = []
         for combo in itertools.islice(itertools.product(*[range(len(o)) for o in offsets]), 64):
@@ -299,20 +310,24 @@ class _MultiView:
     def _marginal_covariance(self, res: Any, n_views: int) -> np.ndarray | None:
         """The shared pose's block of the posterior covariance (data and prior terms): the LM
         normal matrix is ``w^2 (J_d^T J_d + s2 J_p^T J_p)``, the precision ``J_d^T J_d / s2 + J_p^T J_p``."""
+        assert self.s2 is not None  # set by the level's first evaluation
         try:
             cov = (self.s2 / n_views) * np.linalg.inv(res.J.T @ res.J)
         except np.linalg.LinAlgError:
             return None
         return cov[:6, :6] if np.all(np.isfinite(cov)) else None
 
-    def _split_last(self, res: Any, views: list[_View]) -> list[tuple]:
-        """Per view (r, J w.r.t. its camera parameters, similarity, level intrinsics) at the result."""
+    def _split_last(self, res: Any, views: list[_View]) -> None:
+        """Each view's (r, J w.r.t. its camera parameters, similarity, level intrinsics) at the
+        result, cut from the LM's stacked residuals and Jacobian (no second render)."""
         T, E = res.x
-        out = []
+        w = 1.0 / math.sqrt(len(views))
+        at = 0
         for v in views:
-            r, J, c = v.stage.evaluate_level(v.lv, self.cam(v, T, E))
-            out.append((r, J, 1.0 - c, v.lv.lintr))
-        return out
+            r = res.r[at:at + v.rows] / w
+            J = res.J[at:at + v.rows, :6] / w @ self.block(v, T, E).T
+            at += v.rows
+            v.last = (r, J, 1.0 - 0.5 * float(r @ r), v.lv.lintr)
 
 
 def _views(reg: Any, frames: list, A_list: list, clock: CallClock, history: list,
@@ -326,9 +341,7 @@ def _views(reg: Any, frames: list, A_list: list, clock: CallClock, history: list
             views.append(_View(i, A, stage, levels))
         except RegistrationError as exc:  # FrameMismatchError is one
             warnings.append(f"view {i}: not used: {exc}")
-            dummy = IntensityStage(reg, np.zeros((1, 1), np.float32), np.zeros((1, 1), bool), reg.intrinsics,
-                                   [1], clock, history, warnings)
-            views.append(_View(i, A, dummy, [1], error=str(exc)))
+            views.append(_View(i, A, None, [1], error=str(exc)))
     return views
 
 
@@ -360,17 +373,17 @@ def register_views(reg: Any, frames: Sequence[Any], T_cam_from_ref: Any, init: A
     views = _views(reg, frames, A_list, clock, history, warnings)
     first = next((v for v in views if v.error is None), None)
     if first is None:
-        raise RegistrationError("no view can be used: " + "; ".join(f"view {v.index}: {v.error}" for v in views))
-    T0 = _initial(reg, frames, views, first, init)
+        raise _no_view(views)
+    T0 = _initial(reg, frames, first, init)
     for v in views:
-        if v.error is None:
+        if v.stage is not None and v.error is None:
             try:
                 reg._check_in_view(v.A @ T0, v.stage.intr)
             except RegistrationError as exc:
                 v.error = str(exc)
                 warnings.append(f"view {v.index}: not used: {exc}")
     if all(v.error is not None for v in views):
-        raise RegistrationError("no view can be used: " + "; ".join(f"view {v.index}: {v.error}" for v in views))
+        raise _no_view(views)
     clock.stages["init"] = clock.elapsed_ms()
     t_int = time.perf_counter()
     mv = _MultiView(reg, views, clock, history, warnings, view_prior)
@@ -382,13 +395,14 @@ def register_views(reg: Any, frames: Sequence[Any], T_cam_from_ref: Any, init: A
         T, status, hard, n_eval = T0, "diverged", f"registration diverged: {type(exc).__name__}: {exc}", 0
     clock.stages["intensity"] = clock.elapsed_ms(t_int)
     if not mv.active:  # input problems found inside the loop (flat frames, too few pixels) are typed errors
-        raise RegistrationError("no view can be used: " + "; ".join(f"view {v.index}: {v.error}" for v in views))
+        raise _no_view(views)
     return _result(reg, mv, T, T0, status, hard, n_eval, clock, history, warnings, max_tre_mm)
 
 
-def _initial(reg: Any, frames: list, views: list[_View], first: _View, init: Any) -> np.ndarray:
+def _initial(reg: Any, frames: list, first: _View, init: Any) -> np.ndarray:
     """T_ref_from_ct: a 4x4, or view ``first``'s "dicom" / "network" pose mapped to the reference."""
     if isinstance(init, str) or init is None:
+        assert first.stage is not None  # the first usable view
         img, valid = first.stage.img, first.stage.valid
         fluoro = frames[first.index] if hasattr(frames[first.index], "intrinsics") else None
         Tc, _ = reg._resolve_init(init, fluoro, img, valid, first.stage.intr)
@@ -415,7 +429,7 @@ def _result(reg: Any, mv: _MultiView, T: np.ndarray, T0: np.ndarray, status: str
             cmodel = opts.confidence or ConfidenceModel.for_similarity(kind)
             conf = assess(r, J, sim, Tc, reg.points_ct, reg.centre_ct, lintr, opts.rho_mm, cmodel, hard_failure=hard,
                           stopped_early=status == "deadline")
-            Js.append(J @ _rot_block(Tc[:3, :3] @ invert(T)[:3, :3]))
+            Js.append(J @ mv.block(v, T))
             rs.append(r)
             scores.append(conf.score)
             if not conf.accepted:

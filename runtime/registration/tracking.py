@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from runtime.core.pose import invert, validate_pose
 from runtime.errors import SopiError
+from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, RegistrationResult
 from runtime.registration.timing import check_budget_ms
 
@@ -221,14 +222,10 @@ class Tracker:
         x = self.options.short_xtol_px
         if x is None:
             return None
-        from dataclasses import replace
-
-        from runtime.registration.pyramid import at_level
         opts = self.reg.options
         xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(x),)
         return replace(opts, xtol_px=xt)
 
     def _levels(self, frame: Any) -> list[int]:
-        from runtime.registration.pyramid import auto_levels
         intr = getattr(frame, "intrinsics", None) or self.reg.intrinsics
         return auto_levels(intr.width, intr.height, self.reg.options.level_widths)

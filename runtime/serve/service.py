@@ -48,8 +48,9 @@ class Service:
         calibration: passed to `calib.dicom.iter_fluoro` (a `Calibration`, profile name or JSON path).
         budget_ms: deadline per frame (None: the registrar's).
         inbox_size: received objects waiting at most; beyond, the oldest is dropped (and recorded).
-        overlay: attach an `Overlay` (DRR edges at the registered pose over the frame, at the
-            finest pyramid level's resolution) to the records of accepted frames (one render more).
+        overlay: after the record of an accepted frame, hand its `Overlay` (DRR edges at the
+            registered pose over the frame, finest pyramid level's resolution; one render more) to
+            the sinks that have an ``overlay(record, overlay)`` method.
     """
 
     def __init__(self, registrar: Any, sinks: Iterable[Any], *, init: Any = "dicom", reinit_after: int = 3,
@@ -98,14 +99,13 @@ class Service:
             ("; ".join(res.confidence.reasons) or "not accepted")
         rec = self._emit(source, source_id, frame_index, received_unix, received_mono,
                          "accepted" if ok else "not_accepted", reason, start, res.to_dict())
-        if ok and self.overlay:  # after the pose went out: the overlay never delays it
-            over = self._overlay(frame, res)
-            for sink in self.sinks:
-                if over is not None and hasattr(sink, "overlay"):
-                    try:
-                        sink.overlay(rec, over)
-                    except Exception:  # noqa: BLE001 - a broken sink must not stop the others
-                        log.exception("sink %r failed on the overlay of record %d", sink, rec.seq)
+        over = self._overlay(frame, res) if ok and self.overlay else None  # after the pose went out
+        for sink in self.sinks if over is not None else ():
+            if hasattr(sink, "overlay"):
+                try:
+                    sink.overlay(rec, over)
+                except Exception:  # noqa: BLE001 - a broken sink must not stop the others
+                    log.exception("sink %r failed on the overlay of record %d", sink, rec.seq)
         return rec
 
     def _overlay(self, frame: Any, res: Any) -> Overlay | None:
