@@ -28,6 +28,7 @@ BAD = [
     ("sigma_px", -0.5), ("min_pixels", 0), ("max_correction_mm", -1.0), ("search_level", -1),
     ("search_level", 1.5), ("search_range_mm", 1e9), ("search_step_mm", 0.0), ("search_rot_deg", (math.nan,)),
     ("starts_per_level", 0), ("reject_outliers", 1), ("outlier_k", 0.0), ("voxels_per_pixel", -1.0),
+    ("gradient_outlier_k", 0.0), ("gradient_outlier_k", "3"), ("outlier_reach_px", -1), ("outlier_reach_px", 2.5),
     ("nominal_magnification", 0.5), ("polarity", "x"), ("polarity", 2), ("polarity", True),
     ("confidence", 5), ("confidence", ConfidenceModel(sim_lo=0.9, sim_hi=0.8)),
     ("confidence", ConfidenceModel(unc_mm=math.nan)), ("tile_px", 1), ("similarity", "mi"),

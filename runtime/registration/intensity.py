@@ -215,7 +215,10 @@ class IntensityStage:
             # cannot explain leave the pixel set (runtime.registration.outliers)
             if drr_s is None:
                 drr_s = lproj.render(T, jacobian=False, binning=f, mask=False).image
-            bad = outlier_mask(target, drr_s, sel, tile_px=int(at_level(opts.tile_px, li)), k=opts.outlier_k)
+            gk = opts.gradient_outlier_k
+            bad = outlier_mask(target, drr_s, sel, tile_px=int(at_level(opts.tile_px, li)), k=opts.outlier_k,
+                               sigma_px=None if gk is None else float(at_level(opts.sigma_px, li)),
+                               reach_px=opts.outlier_reach_px, gradient_k=gk or 3.0)
             if bad.any() and (sel & ~bad).sum() >= 0.5 * sel.sum():
                 pixel_sets.insert(0, sel & ~bad)
         return pixel_sets

@@ -9,6 +9,13 @@ noise and small model error everywhere except on such objects. Pixels whose resi
 robust standard deviations (from the lower quartile of the absolute residuals of their tile, at
 least the global MAD estimate) are outliers; they are dilated by a margin and removed from the pixel
 set of the level.
+
+That intensity test misses what the gradient similarities feel most: the edges of a large flat
+object (a retractor blade, a screw head, a gas pocket) sit inside tiles whose affine fit splits the
+step, and thin wires are a pixel wide. The gradient test (``sigma_px`` given) flags pixels whose
+gradient magnitude exceeds what the DRR's can explain anywhere within ``reach_px`` (the DRR's
+magnitude dilated by that radius, so a start pose a pixel or two off does not flag the anatomy's
+own edges) times a per-tile gain, by ``k`` robust standard deviations. Both tests are unioned.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["outlier_mask"]
+from runtime.registration.similarity import filter_kernels, linear_filter
+
+__all__ = ["outlier_mask", "gradient_outliers"]
 
 
 def _group_quantile(a: np.ndarray, g: np.ndarray, G: int, q: float) -> np.ndarray:
@@ -31,13 +40,66 @@ def _group_quantile(a: np.ndarray, g: np.ndarray, G: int, q: float) -> np.ndarra
     return out
 
 
+def _tile_groups(idx: np.ndarray, W: int, tile_px: int) -> tuple[np.ndarray, int]:
+    """Tile index (0..G-1) of each flat pixel index, and G."""
+    v, u = np.divmod(idx, W)
+    step = max(2, int(tile_px))
+    g = (v // step) * (W // step + 1) + u // step
+    _, g = np.unique(g, return_inverse=True)
+    return g, int(g.max()) + 1
+
+
+def _gradient_magnitude(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    a = np.asarray(img, np.float32)
+    return np.hypot(linear_filter(a, *filter_kernels("x", sigma_px)), linear_filter(a, *filter_kernels("y", sigma_px)))
+
+
+def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigma_px: float = 1.0,
+                      reach_px: int = 2, tile_px: int = 16, k: float = 3.0) -> np.ndarray:
+    """(H, W) bool: pixels of ``sel`` whose gradient magnitude (Sobel after a Gaussian of
+    ``sigma_px``, as the gradient similarities see it) exceeds the DRR's largest within
+    ``reach_px`` times the tile's gain (median ratio, within 0.5-2x the global one) by more than
+    ``k`` robust standard deviations of that excess."""
+    sel = np.asarray(sel, bool)
+    out = np.zeros(sel.shape, bool)
+    idx = np.flatnonzero(sel)
+    if idx.size < 64:
+        return out
+    mt = _gradient_magnitude(target, sigma_px)
+    mr = _gradient_magnitude(drr, sigma_px)
+    md = mr if reach_px <= 0 else \
+        cv2.dilate(mr, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach_px + 1, 2 * reach_px + 1)))
+    t = mt.reshape(-1)[idx].astype(np.float64)
+    r = mr.reshape(-1)[idx].astype(np.float64)
+    d = md.reshape(-1)[idx].astype(np.float64)
+    r_med = float(np.median(r))
+    if not np.isfinite(r_med) or r_med <= 0:
+        return out
+    # gains from the undilated magnitudes (the dilated ones would bias them low and flag the
+    # anatomy's strongest edges); the bound uses the dilated ones
+    gain = float(np.median(t)) / r_med
+    g, G = _tile_groups(idx, sel.shape[1], tile_px)
+    tm, rm = _group_quantile(t, g, G, 0.5), _group_quantile(r, g, G, 0.5)
+    tile_gain = np.clip(tm / np.where(rm > 0, rm, np.inf), 0.5 * gain, 2.0 * gain)
+    excess = t - tile_gain[g] * d
+    sigma = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
+    if not np.isfinite(sigma) or sigma <= 0:
+        return out
+    out.reshape(-1)[idx[excess > k * sigma]] = True
+    return out
+
+
 def outlier_mask(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, tile_px: int = 16, k: float = 4.0,
-                 max_fraction: float = 0.3, dilate_px: int = 1) -> np.ndarray:
+                 max_fraction: float = 0.3, dilate_px: int = 1, sigma_px: float | None = None,
+                 reach_px: int = 2, gradient_k: float = 3.0) -> np.ndarray:
     """(H, W) bool: pixels of ``sel`` that a per-tile affine map of ``drr`` does not explain.
 
     target, drr: (H, W) images of one detector level; sel: (H, W) bool pixel set; tile_px: tile
     size; k: threshold in robust standard deviations (1.4826 MAD); max_fraction: at most this share
-    of ``sel`` is rejected (the largest residuals); dilate_px: margin around each rejected pixel.
+    of ``sel`` is rejected (the largest residuals; when the gradient test alone would exceed it,
+    its pixels are dropped instead); dilate_px: margin around each rejected pixel; sigma_px: also
+    run `gradient_outliers` with this smoothing (None: the intensity test only); reach_px,
+    gradient_k: its tolerance for the start pose's error (pixels of the level) and threshold.
     """
     sel = np.asarray(sel, bool)
     out = np.zeros(sel.shape, bool)
@@ -47,11 +109,7 @@ def outlier_mask(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, tile_px: 
     H, W = sel.shape
     t = np.asarray(target, np.float64).reshape(-1)[idx]
     x = np.asarray(drr, np.float64).reshape(-1)[idx]
-    v, u = np.divmod(idx, W)
-    step = max(2, int(tile_px))
-    g = (v // step) * (W // step + 1) + u // step
-    _, g = np.unique(g, return_inverse=True)
-    G = int(g.max()) + 1
+    g, G = _tile_groups(idx, W, tile_px)
     w = np.ones(idx.size)
     for it in range(3):  # trimmed least squares: refit each tile without the pixels flagged so far
         n = np.maximum(np.bincount(g, w, G), 1e-12)
@@ -75,6 +133,10 @@ def outlier_mask(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, tile_px: 
         cut = np.partition(np.abs(e), idx.size - limit - 1)[idx.size - limit - 1]
         bad = np.abs(e) > cut
     out.reshape(-1)[idx[bad]] = True
+    if sigma_px is not None:
+        grad = gradient_outliers(target, drr, sel, sigma_px, reach_px, k=gradient_k)
+        if (out | grad).sum() <= limit:
+            out |= grad
     if dilate_px > 0 and out.any():
         ker = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), np.uint8)
         out = cv2.dilate(out.astype(np.uint8), ker).astype(bool) & sel

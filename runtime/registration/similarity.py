@@ -39,7 +39,7 @@ import numpy as np
 from runtime.errors import RegistrationError
 
 __all__ = ["SIMILARITIES", "SimilarityKind", "LOCAL", "PreparedSimilarity", "Tiles", "prepare_similarity", "make_tiles",
-           "normalise", "linear_filter"]
+           "normalise", "linear_filter", "filter_kernels"]
 
 SimilarityKind = Literal["ncc", "gc", "ncc+gc", "lncc", "lgc"]
 SIMILARITIES: tuple[str, ...] = get_args(SimilarityKind)
@@ -56,7 +56,7 @@ def _gauss_kernel(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def _filter_kernels(axis: str, sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+def filter_kernels(axis: str, sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Separable (kx, ky) of Sobel along ``axis`` ("x" = columns u, "y" = rows v), optionally
     convolved with a Gaussian of ``sigma_px``."""
     kx, ky = (_SOBEL_D, _SOBEL_S) if axis == "x" else (_SOBEL_S, _SOBEL_D)
@@ -276,7 +276,7 @@ def prepare_similarity(kind: str, target: np.ndarray, valid: np.ndarray, polarit
         else:
             blocks.append(None)
     if kind in ("gc", "ncc+gc", "lgc"):
-        blocks += [_filter_kernels("x", sigma_px), _filter_kernels("y", sigma_px)]
+        blocks += [filter_kernels("x", sigma_px), filter_kernels("y", sigma_px)]
     sel = valid
     if any(b is not None for b in blocks):
         radius = max(len(b[0]) // 2 for b in blocks if b is not None)
