@@ -136,7 +136,9 @@ def run(ct: str, n: int, seed: int, budget_ms: float | None, binning: int, backe
     good = [r for r in rows if not r["bad"]]
     modes = {m: sum(r["mode"] == m for r in rows) for m in ("short", "short+full", "full", "reinit")}
     summary = {
-        "ct": ct, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px")}, "frames": n, "detector": f"{intr.width}x{intr.height}", "backend": reg.backend,
+        "ct": ct, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px",
+                                                                "short_mask_points")},
+        "frames": n, "detector": f"{intr.width}x{intr.height}", "backend": reg.backend,
         "budget_ms": budget_ms, "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)),
         "ms_p99": float(np.percentile(ms, 99)), "ms_max": float(ms.max()),
         "success_good_frames": float(np.mean([r["success"] for r in good])),
@@ -174,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-levels", type=int, default=1)
     ap.add_argument("--no-predict", action="store_true")
     ap.add_argument("--short-xtol-px", type=float, default=0.25, help="TrackingOptions.short_xtol_px (default 0.25)")
+    ap.add_argument("--no-mask-points", action="store_true",
+                    help="short frames ray-cast the mask channel (TrackingOptions.short_mask_points=False)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.frames < 260:
         ap.error("--frames must be at least 260 (the bad frames sit at fixed places up to frame 250)")
-    opts = TrackingOptions(predict=not a.no_predict, short_levels=a.short_levels, short_xtol_px=a.short_xtol_px)
+    opts = TrackingOptions(predict=not a.no_predict, short_levels=a.short_levels, short_xtol_px=a.short_xtol_px,
+                           short_mask_points=not a.no_mask_points)
     out = run(a.ct, a.frames, a.seed, a.budget_ms, a.binning, a.backend, opts)
     print_summary(out["summary"])
     if a.out is not None:

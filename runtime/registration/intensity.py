@@ -80,6 +80,24 @@ def _render_window(sel: np.ndarray, sigma_px: float) -> tuple[int, int, int, int
     return None if (v1 - v0) * (u1 - u0) > 0.8 * H * W else (v0, v1, u0, u1)
 
 
+def _splat_points(points_ct: np.ndarray, T: np.ndarray, lintr: Intrinsics, voxel_mm: float
+                  ) -> tuple[np.ndarray, int]:
+    """(H, W) bool: pixels hit by the projected ``points_ct`` at pose ``T``, and the extra
+    dilation (pixels) that covers half a voxel of ``voxel_mm`` at the nearest point's depth."""
+    p = points_ct @ T[:3, :3].T + T[:3, 3]
+    H, W = lintr.shape
+    out = np.zeros((H, W), bool)
+    z = p[:, 2]
+    front = z > 1e-3
+    if not front.any():
+        return out, 0
+    uv = np.rint(lintr.project(p[front])).astype(np.int64)
+    ok = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    out[uv[ok, 1], uv[ok, 0]] = True
+    grow = int(math.ceil(0.5 * voxel_mm * lintr.sdd_mm / float(z[front].min()) / min(lintr.du_mm, lintr.dv_mm)))
+    return out, grow
+
+
 class IntensityStage:
     """One frame's intensity stage; ``registrar`` provides the CT, options and level projectors."""
 
@@ -121,7 +139,7 @@ class IntensityStage:
                 if lv is None:
                     self.warnings.append(f"level {f}: too few usable pixels, level skipped")
                     continue
-                first = self._decide_polarity(lv, T) if self.polarity is None else None
+                first = self._decide_polarity(lv, T) if self.polarity is None else self._start_evaluation(lv, T)
                 lopt, px_mm = self._lm_options(lv, T)
                 results = self._run_starts(lv, T, T_start, T_init, lopt, first)
                 if not results:
@@ -196,13 +214,17 @@ class IntensityStage:
         use_mask = reg.has_mask if um is None else (bool(um) and reg.has_mask)
         drr_s = None  # DRR at the level's start pose (the outlier test reuses the mask render's)
         if use_mask:
-            # the polarity decision at this level needs the start's Jacobian too: one render for both
-            rm = lproj.render(T, jacobian=self.polarity is None, binning=f, mask=True)
-            if rm.jacobian is not None:
-                self._start_render = (T, f, rm)
-            drr_s = rm.image
-            pm = rm.mask > 0.5 * reg.volume.spacing.min()
             rad = max(1, int(round(opts.mask_dilate_frac * lintr.width)))
+            if opts.mask_projection == "points":
+                pm, grow = _splat_points(reg.mask_points_ct, T, lintr, float(reg.volume.spacing.max()))
+                rad += grow
+            else:
+                # the polarity decision at this level needs the start's Jacobian too: one render for both
+                rm = lproj.render(T, jacobian=self.polarity is None, binning=f, mask=True)
+                if rm.jacobian is not None:
+                    self._start_render = (T, f, rm)
+                drr_s = rm.image
+                pm = rm.mask > 0.5 * reg.volume.spacing.min()
             pm = cv2.dilate(pm.astype(np.uint8), cv2.getStructuringElement(
                 cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1))).astype(bool)
             if (pm & lvalid).sum() >= max(opts.min_pixels, 0.05 * lvalid.sum()):
@@ -214,7 +236,13 @@ class IntensityStage:
             # instruments / gas: pixels a per-tile affine map of the DRR at the level's start pose
             # cannot explain leave the pixel set (runtime.registration.outliers)
             if drr_s is None:
-                drr_s = lproj.render(T, jacobian=False, binning=f, mask=False).image
+                # "points" (tracking) with the polarity known: render the start's Jacobian too, it
+                # is the LM's first evaluation (`_start_evaluation`)
+                rs = lproj.render(T, jacobian=self.polarity is not None and opts.mask_projection == "points",
+                                  binning=f, mask=False)
+                if rs.jacobian is not None:
+                    self._start_render = (T, f, rs)
+                drr_s = rs.image
             gk = opts.gradient_outlier_k
             bad = outlier_mask(target, drr_s, sel, tile_px=int(at_level(opts.tile_px, li)), k=opts.outlier_k,
                                sigma_px=None if gk is None else float(at_level(opts.sigma_px, li)),
@@ -245,6 +273,19 @@ class IntensityStage:
         self.clock.record("intensity", lv.f, end=tp3, render_ms=(tp1 - tp0) * 1e3,
                           similarity_ms=(tp3 - tp2) * 1e3, copy_ms=(tp2 - tp1) * 1e3)
         return first
+
+    def _start_evaluation(self, lv: _Level, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The LM's first evaluation from the level's start render with Jacobian, when
+        `_pixel_sets` made one at ``T`` (else None: the LM renders it)."""
+        cached, self._start_render = self._start_render, None
+        if cached is None or cached[0] is not T or cached[1] != lv.f:
+            return None
+        t0 = time.perf_counter()
+        r, J, cost, _ = lv.sim.evaluate(cached[2].image, cached[2].jacobian)
+        self.n_eval += 1
+        self.clock.record("intensity", lv.f, t0=t0, end=time.perf_counter(), render_ms=0.0,
+                          similarity_ms=(time.perf_counter() - t0) * 1e3, copy_ms=0.0)
+        return r, param_jacobian(J, T, self.centre, self.rho), cost
 
     def _lm_options(self, lv: _Level, T: np.ndarray) -> tuple[LMOptions, float]:
         """LM settings of the level; the step size of the xtol test is the RMS predicted motion of

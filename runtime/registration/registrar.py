@@ -68,6 +68,8 @@ from runtime.registration.working import WorkingVolumes
 
 __all__ = ["Registrar", "RegistrarOptions"]
 
+MASK_SPLAT_POINTS = 50_000  # mask voxel centres kept for the "points" mask projection
+
 Backend = Literal["auto", "cpu", "cuda"]
 
 
@@ -142,6 +144,9 @@ class Registrar:
         self.centre_ct = pts.mean(axis=0)
         rng = np.random.default_rng(0)
         self.points_ct = pts[rng.choice(len(pts), min(len(pts), 512), replace=False)]
+        # the mask's voxel centres for the "points" mask projection (tracking frames)
+        self.mask_points_ct = None if mask_arr is None else \
+            pts[rng.choice(len(pts), min(len(pts), MASK_SPLAT_POINTS), replace=False)]
         self._lock = threading.Lock()
         self.warm_up_ms: float | None = None
         self._networks = None  # runtime.networks.learned.BundleNetworks: cube built, sessions opened once

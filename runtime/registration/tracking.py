@@ -60,6 +60,9 @@ class TrackingOptions:
             accepted frame by more than this (the C-arm was swung, e.g. AP to lateral), its start is
             the last pose moved by the C-arm's rotation (``P_new inv(P_old) T``, `calib.frame.
             pose_from_positioner` about the isocentre) and the whole pyramid runs ("view")
+        short_mask_points: a short run projects the mask by its voxel centres instead of ray-casting
+            a mask channel (`RegistrarOptions.mask_projection` = "points"; the start's render
+            with Jacobian is then the LM's first evaluation)
     """
 
     predict: bool = True
@@ -70,6 +73,7 @@ class TrackingOptions:
     short_xtol_px: float | None = 0.25
     full_budget_factor: float = 4.0
     view_change_deg: float = 2.0
+    short_mask_points: bool = True
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -218,13 +222,13 @@ class Tracker:
             return None
 
     def _short_options(self, n_levels: int) -> Any:
-        """The registrar's options with ``short_xtol_px`` at the finest level (None: unchanged)."""
-        x = self.options.short_xtol_px
-        if x is None:
-            return None
-        opts = self.reg.options
-        xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(x),)
-        return replace(opts, xtol_px=xt)
+        """The registrar's options with ``short_xtol_px`` at the finest level and the mask
+        projected by its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``."""
+        o, opts = self.options, self.reg.options
+        if o.short_xtol_px is not None:
+            xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(o.short_xtol_px),)
+            opts = replace(opts, xtol_px=xt)
+        return replace(opts, mask_projection="points") if o.short_mask_points else opts
 
     def _levels(self, frame: Any) -> list[int]:
         intr = getattr(frame, "intrinsics", None) or self.reg.intrinsics
