@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,10 @@ def recovery(success: list[bool], events: dict[str, list[int]]) -> dict[str, lis
 
 
 def run(ct: str, n: int, seed: int, budget_ms: float | None, binning: int, backend: str,
-        options: TrackingOptions) -> dict:
+        options: TrackingOptions, compare: TrackingOptions | None = None) -> dict:
+    """Track the sequence with ``options``; with ``compare``, a second tracker with those options
+    steps every frame right after the first (paired latencies under the same machine load):
+    ``{"summary", "rows"}`` plus ``"compare": {"summary", "rows"}``."""
     vol = load_ct(ct)
     intr = Intrinsics.perlove_plx118f(binning)
     reg = Registrar(vol, intr, mask=vol.mask, backend=backend)
@@ -118,28 +122,39 @@ def run(ct: str, n: int, seed: int, budget_ms: float | None, binning: int, backe
     frames, cfg = make_frames(vol, intr, poses, rng, c)
     t_sim = time.perf_counter() - t_sim
     T0 = perturb_pose(poses[0], c, rng.normal(0, 6 / math.sqrt(3), 3), rng.normal(0, 15 / math.sqrt(3), 3))
-    tracker = Tracker(reg, init=T0, budget_ms=budget_ms, options=options)
+    runs = [options] + ([compare] if compare is not None else [])
+    trackers = [Tracker(reg, init=T0, budget_ms=budget_ms, options=o) for o in runs]
     ev = _events(n)
     bad = set(ev["blank"] + ev["blur"])
-    rows = []
+    rows: list[list[dict]] = [[] for _ in runs]
     for k, (fr, T) in enumerate(zip(frames, poses)):
-        t = time.perf_counter()
-        res = tracker.step(fr)
-        ms = (time.perf_counter() - t) * 1e3
-        if not np.all(np.isfinite(res.pose)):
-            raise AssertionError(f"frame {k}: non-finite pose")
-        err = reprojection_distance_mm(res.pose, T, reg.points_ct, intr)
-        rows.append({"frame": k, "ms": ms, "reproj_mm": err, "success": bool(err < 1.0),
-                     "accepted": bool(res.confidence.accepted), "mode": res.tracking["mode"],
-                     "status": res.status, "bad": k in bad, "iterations": res.iterations})
+        for tracker, out in zip(trackers, rows):
+            t = time.perf_counter()
+            res = tracker.step(fr)
+            ms = (time.perf_counter() - t) * 1e3
+            if not np.all(np.isfinite(res.pose)):
+                raise AssertionError(f"frame {k}: non-finite pose")
+            err = reprojection_distance_mm(res.pose, T, reg.points_ct, intr)
+            out.append({"frame": k, "ms": ms, "reproj_mm": err, "success": bool(err < 1.0),
+                        "accepted": bool(res.confidence.accepted), "mode": res.tracking["mode"],
+                        "status": res.status, "bad": k in bad, "iterations": res.iterations})
+    info = {"ct": ct, "frames": n, "detector": f"{intr.width}x{intr.height}", "backend": reg.backend,
+            "budget_ms": budget_ms, "kvp": cfg.kvp, "simulate_s": t_sim}
+    result = {"summary": _summary(rows[0], options, ev, info), "rows": rows[0]}
+    if compare is not None:
+        result["compare"] = {"summary": _summary(rows[1], compare, ev, info), "rows": rows[1]}
+    return result
+
+
+def _summary(rows: list[dict], options: TrackingOptions, ev: dict, info: dict) -> dict:
     ms = np.array([r["ms"] for r in rows])
     good = [r for r in rows if not r["bad"]]
     modes = {m: sum(r["mode"] == m for r in rows) for m in ("short", "short+full", "full", "reinit")}
-    summary = {
-        "ct": ct, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px",
-                                                                "short_mask_points")},
-        "frames": n, "detector": f"{intr.width}x{intr.height}", "backend": reg.backend,
-        "budget_ms": budget_ms, "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)),
+    budget_ms = info["budget_ms"]
+    return {
+        **info, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px",
+                                                             "short_mask_points")},
+        "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)),
         "ms_p99": float(np.percentile(ms, 99)), "ms_max": float(ms.max()),
         "success_good_frames": float(np.mean([r["success"] for r in good])),
         "success_all_frames": float(np.mean([r["success"] for r in rows])),
@@ -148,9 +163,7 @@ def run(ct: str, n: int, seed: int, budget_ms: float | None, binning: int, backe
         "reproj_median_mm": float(np.median([r["reproj_mm"] for r in good])),
         "modes": modes, "recovery_frames": recovery([r["success"] for r in rows], ev),
         "deadline_misses": int(sum(budget_ms is not None and r["ms"] > budget_ms for r in rows)),
-        "kvp": cfg.kvp, "simulate_s": t_sim,
     }
-    return {"summary": summary, "rows": rows}
 
 
 def print_summary(s: dict) -> None:
@@ -178,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-xtol-px", type=float, default=0.25, help="TrackingOptions.short_xtol_px (default 0.25)")
     ap.add_argument("--no-mask-points", action="store_true",
                     help="short frames ray-cast the mask channel (TrackingOptions.short_mask_points=False)")
+    ap.add_argument("--compare-mask-points", action="store_true",
+                    help="also track every frame with the other short_mask_points setting (paired latencies)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -185,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--frames must be at least 260 (the bad frames sit at fixed places up to frame 250)")
     opts = TrackingOptions(predict=not a.no_predict, short_levels=a.short_levels, short_xtol_px=a.short_xtol_px,
                            short_mask_points=not a.no_mask_points)
-    out = run(a.ct, a.frames, a.seed, a.budget_ms, a.binning, a.backend, opts)
+    other = replace(opts, short_mask_points=not opts.short_mask_points) if a.compare_mask_points else None
+    out = run(a.ct, a.frames, a.seed, a.budget_ms, a.binning, a.backend, opts, other)
     print_summary(out["summary"])
+    if other is not None:
+        print(f"\nthe same frames with short_mask_points={other.short_mask_points} (stepped right after each frame):")
+        print_summary(out["compare"]["summary"])
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)
         tag = f"{Path(a.ct).name}_{'none' if a.budget_ms is None else int(a.budget_ms)}{a.tag}"
