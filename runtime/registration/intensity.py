@@ -236,10 +236,9 @@ class IntensityStage:
             # instruments / gas: pixels a per-tile affine map of the DRR at the level's start pose
             # cannot explain leave the pixel set (runtime.registration.outliers)
             if drr_s is None:
-                # "points" (tracking) with the polarity known: render the start's Jacobian too, it
-                # is the LM's first evaluation (`_start_evaluation`)
-                rs = lproj.render(T, jacobian=self.polarity is not None and opts.mask_projection == "points",
-                                  binning=f, mask=False)
+                # "points" (tracking): render the start's Jacobian too, for the polarity decision
+                # or as the LM's first evaluation (`_start_evaluation`)
+                rs = lproj.render(T, jacobian=opts.mask_projection == "points", binning=f, mask=False)
                 if rs.jacobian is not None:
                     self._start_render = (T, f, rs)
                 drr_s = rs.image
