@@ -242,7 +242,7 @@ class IntensityStage:
                 if rs.jacobian is not None:
                     self._start_render = (T, f, rs)
                 drr_s = rs.image
-            gk = opts.gradient_outlier_k
+            gk = at_level(opts.gradient_outlier_k, li)
             bad = outlier_mask(target, drr_s, sel, tile_px=int(at_level(opts.tile_px, li)), k=opts.outlier_k,
                                sigma_px=None if gk is None else float(at_level(opts.sigma_px, li)),
                                reach_px=opts.outlier_reach_px, gradient_k=gk or 3.0)

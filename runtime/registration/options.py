@@ -76,10 +76,11 @@ class RegistrarOptions:
             level's start pose cannot explain (instruments, gas; runtime.registration.outliers)
             from that level's pixel set (a level left with too few pixels keeps them)
         outlier_k: ... beyond this many robust standard deviations of the fit residual
-        gradient_outlier_k: also drop the pixels whose gradient magnitude exceeds what the
-            DRR's (within ``outlier_reach_px``) explains by this many robust standard deviations
-            -- the edges of blades, screws, wires and gas that the gradient similarities feel
-            most (runtime.registration.outliers); None = the intensity test only
+        gradient_outlier_k: per level: also drop the pixels whose gradient magnitude exceeds
+            what the DRR's (within ``outlier_reach_px``) explains by this many robust standard
+            deviations -- the edges of blades, screws, wires and gas that the gradient
+            similarities feel most (runtime.registration.outliers); None = the intensity test
+            only (the default at the coarsest level, whose start may be several pixels off)
         outlier_reach_px: the gradient test's tolerance for the level's start pose error (pixels
             of the level)
         voxels_per_pixel: working resolution: each level renders a block-averaged copy of the CT
@@ -113,7 +114,7 @@ class RegistrarOptions:
     confidence: ConfidenceModel | None = None
     reject_outliers: bool | tuple[bool, ...] = True
     outlier_k: float = 4.0
-    gradient_outlier_k: float | None = 3.0
+    gradient_outlier_k: float | None | tuple[float | None, ...] = (None, 3.0)
     outlier_reach_px: int = 2
     voxels_per_pixel: float | None = 1.5
     nominal_magnification: float = 1.45
@@ -165,7 +166,8 @@ def check_options(opts: RegistrarOptions) -> None:
     check_each("starts_per_level", opts.starts_per_level, check_int, lo=1, hi=64)
     check_each("reject_outliers", opts.reject_outliers, check_choice, choices=(True, False))
     check_number("outlier_k", opts.outlier_k, 0.0, 1e3, lo_open=True)
-    check_number("gradient_outlier_k", opts.gradient_outlier_k, 0.0, 1e3, lo_open=True, allow_none=True)
+    check_each("gradient_outlier_k", opts.gradient_outlier_k, check_number, lo=0.0, hi=1e3, lo_open=True,
+               allow_none=True)
     check_int("outlier_reach_px", opts.outlier_reach_px, 0, 64)
     check_number("voxels_per_pixel", opts.voxels_per_pixel, 0.0, 1e3, lo_open=True, allow_none=True)
     check_number("nominal_magnification", opts.nominal_magnification, 1.0, 100.0)
