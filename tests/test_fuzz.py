@@ -144,3 +144,14 @@ def test_cases_are_deterministic(tmp_path):
         subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         runs.append({r["case"]: r["desc"] for r in json.loads(out.read_text())["dicom"]["results"]})
     assert runs[0] == runs[1] and len(runs[0]) == 12
+
+
+def test_dicom_seeds_are_byte_identical(tmp_path):
+    """The DICOM campaign's seed corpus is the same bytes on every build (no random UIDs: pydicom's
+    compress() draws a new SOP Instance UID unless told not to)."""
+    from tools import fuzz_dicom
+
+    a = fuzz_dicom.setup(tmp_path / "a", SEED)["seeds"]
+    b = fuzz_dicom.setup(tmp_path / "b", SEED)["seeds"]
+    assert [s[0] for s in a] == [s[0] for s in b] and any(s[0].endswith("_rle") for s in a)
+    assert all(x[1] == y[1] for x, y in zip(a, b))

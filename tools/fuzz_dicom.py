@@ -240,6 +240,12 @@ def _setup(workdir: Path, seed: int) -> dict:
 
     def xa(name: str, frames: np.ndarray, weight: float, **kw: Any) -> Path:
         p = write_xa(workdir / f"{name}.dcm", frames, K, **kw)
+        ds = pydicom.dcmread(p)  # the writer stamps the current date and time: fixed ones, same seeds every run
+        for kw_date in ("StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate"):
+            setattr(ds, kw_date, "20240611")
+        for kw_time in ("StudyTime", "SeriesTime", "ContentTime", "AcquisitionTime"):
+            setattr(ds, kw_time, "120000")
+        ds.save_as(p, enforce_file_format=True)
         add(name, p.read_bytes(), weight)
         return p
 
@@ -257,7 +263,7 @@ def _setup(workdir: Path, seed: int) -> dict:
             ds = pydicom.dcmread(p)
             try:
                 if ts.is_compressed:
-                    ds.compress(ts)
+                    ds.compress(ts, generate_instance_uid=False)  # a random UID would make seeds vary
                     data = _to_bytes(ds)
                 else:
                     data = _to_bytes(ds, ts)
