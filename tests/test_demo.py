@@ -128,7 +128,7 @@ def test_cli_help_documents_options_and_exit_codes(capsys):
 def test_overlay_legend_and_notes(tmp_path):
     import cv2
 
-    from runtime.cli.overlay import write_overlay
+    from runtime.overlay import write_overlay
     rng = np.random.default_rng(0)
     x = cv2.GaussianBlur(rng.random((64, 80)).astype(np.float32), (0, 0), 3)
     p0 = write_overlay(tmp_path / "a.png", x, x, np.roll(x, 2, 1), min_size=200)

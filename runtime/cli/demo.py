@@ -129,7 +129,7 @@ def run_demo(out: Path | None = Path("sopi_out"), seed: int = 0, budget_ms: floa
              backend: str = "auto", via_dicom: bool = False, quiet: bool = False) -> dict:
     """Run the demo (see the module docstring); the report as a dict (``overlay``: the PNG written
     to ``out``, none when ``out`` is None)."""
-    from runtime.cli.overlay import write_overlay
+    from runtime.overlay import write_overlay
 
     say = (lambda m: None) if quiet else _log
     t0 = time.perf_counter()

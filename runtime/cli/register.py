@@ -128,7 +128,7 @@ def _summary(res) -> str:
 
 def _write_outputs(a: argparse.Namespace, vol, frame, reg, res, warm: float) -> tuple[Path, Path]:
     """pose.json and overlay.png in ``a.out``; returns their paths."""
-    from runtime.cli.overlay import write_overlay
+    from runtime.overlay import write_overlay
 
     out = a.out
     out.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ class Service:
 
     def _overlay(self, frame: Any, res: Any) -> Overlay | None:
         """DRR edges (green) at the registered pose over the frame, at the finest level's size."""
-        from runtime.cli.overlay import overlay_image
+        from runtime.overlay import overlay_image
         from runtime.registration.pyramid import bin_image, bin_mask
 
         try:
