@@ -56,7 +56,8 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
              patient_name: str = "SOPI^Synthetic", patient_id: str = "SOPI0001", mirrored: bool = False,
              collimator: tuple[int, int, int, int] | None = None, pir: str = "LIN",
              log_scale: float | None = None, v_air: float | None = None, display_sign: int = 1,
-             circular_collimator: tuple[float, float, float] | None = None) -> Path:
+             circular_collimator: tuple[float, float, float] | None = None,
+             acquired: _dt.datetime | None = None) -> Path:
     """Write ``line_integrals`` ((H, W) one frame, or (N, H, W) a cine run) as an XA or XRF object.
 
     ``pir``: "LIN", "LOG" or "DISP" (then the array holds display values, see the module docstring).
@@ -65,7 +66,8 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     ``intrinsics`` must match (H, W) and be centred; Imager Pixel Spacing = (dv, du), Distance Source to
     Detector = sdd. ``modality``: "XA" or "RF". ``mirrored=True`` stores the frames horizontally
     flipped with Field of View Horizontal Flip YES (the reader undoes it). ``collimator``: 1-based
-    (left, right, upper, lower) edges in the stored image. Returns the path.
+    (left, right, upper, lower) edges in the stored image. ``acquired``: the study / series /
+    content / acquisition date and time written (default now). Returns the path.
     """
     L = _frames(line_integrals)
     n, H, W = L.shape
@@ -79,7 +81,7 @@ def write_xa(path: str | Path, line_integrals: np.ndarray, intrinsics: Intrinsic
     pix, sign = _stored_values(L, pir, bits_stored, i0, log_scale, v_air, display_sign)
     if mirrored:
         pix = pix[:, :, ::-1]
-    ds = _new_dataset(modality, n, patient_name, patient_id)
+    ds = _new_dataset(modality, n, patient_name, patient_id, acquired or _dt.datetime.now())
     _set_acquisition(ds, intrinsics, (H, W), kvp=kvp, sod_mm=sod_mm, primary_deg=primary_deg,
                      secondary_deg=secondary_deg)
     _set_image(ds, (H, W), bits_stored, pir, sign, patient_orientation)
@@ -136,14 +138,13 @@ def _stored_values(L: np.ndarray, pir: str, bits_stored: int, i0: float, log_sca
     raise CalibError(f"pir must be 'LIN', 'LOG' or 'DISP', got {pir!r}")
 
 
-def _new_dataset(modality: str, n: int, patient_name: str, patient_id: str) -> Any:
+def _new_dataset(modality: str, n: int, patient_name: str, patient_id: str, now: _dt.datetime) -> Any:
     """File meta, SOP common, patient, study and series attributes of a new XA / XRF object."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     sop_class = XA_SOP_CLASS if modality == "XA" else XRF_SOP_CLASS
     sop_uid = generate_uid()
-    now = _dt.datetime.now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = cast(UID, sop_class)  # a str; pydicom stores a UI value as UID
     meta.MediaStorageSOPInstanceUID = sop_uid

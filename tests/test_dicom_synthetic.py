@@ -31,6 +31,20 @@ def test_write_xa_roundtrip_dciodvfy_clean(tmp_path):
     np.testing.assert_allclose(read_fluoro(p).image, L, atol=3e-3)
 
 
+def test_write_xa_acquisition_time(tmp_path):
+    import datetime
+
+    import pydicom
+
+    L = asymmetric_phantom()
+    when = datetime.datetime(2024, 6, 11, 12, 30, 5)
+    a = write_xa(tmp_path / "a.dcm", L, K96, acquired=when)
+    ds = pydicom.dcmread(a)
+    assert (ds.StudyDate, ds.AcquisitionDate, ds.ContentTime, ds.SeriesTime) == ("20240611", "20240611", "123005",
+                                                                                 "123005")
+    assert pydicom.dcmread(write_xa(tmp_path / "b.dcm", L, K96)).StudyDate != "20240611"   # default: now
+
+
 def test_write_rf_multiframe_mirrored_collimated(tmp_path):
     L = asymmetric_phantom()
     stack = np.stack([L * (k + 1) / 3 for k in range(3)])

@@ -21,6 +21,7 @@ image finite where ``valid``, shapes consistent, intrinsics finite and matching 
 
 from __future__ import annotations
 
+import datetime as _dt
 import io
 import itertools
 import math
@@ -239,13 +240,8 @@ def _setup(workdir: Path, seed: int) -> dict:
         seeds.append((name, data, weight))
 
     def xa(name: str, frames: np.ndarray, weight: float, **kw: Any) -> Path:
-        p = write_xa(workdir / f"{name}.dcm", frames, K, **kw)
-        ds = pydicom.dcmread(p)  # the writer stamps the current date and time: fixed ones, same seeds every run
-        for kw_date in ("StudyDate", "SeriesDate", "ContentDate", "AcquisitionDate"):
-            setattr(ds, kw_date, "20240611")
-        for kw_time in ("StudyTime", "SeriesTime", "ContentTime", "AcquisitionTime"):
-            setattr(ds, kw_time, "120000")
-        ds.save_as(p, enforce_file_format=True)
+        # a fixed acquisition time (not now): the same seed bytes on every run
+        p = write_xa(workdir / f"{name}.dcm", frames, K, acquired=_dt.datetime(2024, 6, 11, 12), **kw)
         add(name, p.read_bytes(), weight)
         return p
 

@@ -243,9 +243,10 @@ class IntensityStage:
                     self._start_render = (T, f, rs)
                 drr_s = rs.image
             gk = at_level(opts.gradient_outlier_k, li)
+            grad = {} if gk is None else dict(sigma_px=float(at_level(opts.sigma_px, li)),
+                                               reach_px=opts.outlier_reach_px, gradient_k=float(gk))
             bad = outlier_mask(target, drr_s, sel, tile_px=int(at_level(opts.tile_px, li)), k=opts.outlier_k,
-                               sigma_px=None if gk is None else float(at_level(opts.sigma_px, li)),
-                               reach_px=opts.outlier_reach_px, gradient_k=gk or 3.0)
+                               **grad)
             if bad.any() and (sel & ~bad).sum() >= 0.5 * sel.sum():
                 pixel_sets.insert(0, sel & ~bad)
         return pixel_sets
@@ -255,36 +256,40 @@ class IntensityStage:
         level's pixel set (robust to any monotone intensity map, where a gradient or local
         similarity can be near 0 at a start far from the truth). Returns the start's evaluation."""
         tp0 = time.perf_counter()
-        cached, self._start_render = self._start_render, None
-        rr = cached[2] if cached is not None and cached[0] is T and cached[1] == lv.f else \
-            lv.proj.render(T, jacobian=True, binning=lv.f, mask=False)
+        rr = self._cached_start(lv, T) or lv.proj.render(T, jacobian=True, binning=lv.f, mask=False)
         tp1 = time.perf_counter()
-        drr0, jac0 = rr.image, rr.jacobian
-        tp2 = time.perf_counter()
         psim = lv.sim if lv.sim.kind == "ncc" else prepare_similarity("ncc", lv.target, lv.sel, min_pixels=lv.min_px)
-        self.polarity = 1.0 if psim.raw_correlation(drr0) >= 0 else -1.0
+        self.polarity = 1.0 if psim.raw_correlation(rr.image) >= 0 else -1.0
         lv.sim.polarity = self.polarity
-        r0, J0, c0, _ = lv.sim.evaluate(drr0, jac0)
-        first = (r0, param_jacobian(J0, T, self.centre, self.rho), c0)
-        tp3 = time.perf_counter()
-        self.n_eval += 1
-        self.clock.iteration_s[lv.f] = tp3 - tp0
-        self.clock.record("intensity", lv.f, end=tp3, render_ms=(tp1 - tp0) * 1e3,
-                          similarity_ms=(tp3 - tp2) * 1e3, copy_ms=(tp2 - tp1) * 1e3)
+        first = self._evaluate_start(lv, T, rr, tp0, tp1)
+        self.clock.iteration_s[lv.f] = time.perf_counter() - tp0
         return first
 
     def _start_evaluation(self, lv: _Level, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
         """The LM's first evaluation from the level's start render with Jacobian, when
         `_pixel_sets` made one at ``T`` (else None: the LM renders it)."""
-        cached, self._start_render = self._start_render, None
-        if cached is None or cached[0] is not T or cached[1] != lv.f:
+        rr = self._cached_start(lv, T)
+        if rr is None:
             return None
         t0 = time.perf_counter()
-        r, J, cost, _ = lv.sim.evaluate(cached[2].image, cached[2].jacobian)
+        return self._evaluate_start(lv, T, rr, t0, t0)
+
+    def _cached_start(self, lv: _Level, T: np.ndarray) -> Any:
+        """The render with Jacobian `_pixel_sets` made at ``T`` for this level (taken once), or None."""
+        cached, self._start_render = self._start_render, None
+        return cached[2] if cached is not None and cached[0] is T and cached[1] == lv.f else None
+
+    def _evaluate_start(self, lv: _Level, T: np.ndarray, rr: Any, t0: float, t_render: float
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(residuals, Jacobian w.r.t. the centred parameters, cost) of the start render ``rr``;
+        counted and recorded as one evaluation (render from ``t0`` to ``t_render``)."""
+        r0, J0, c0, _ = lv.sim.evaluate(rr.image, rr.jacobian)
+        first = (r0, param_jacobian(J0, T, self.centre, self.rho), c0)
+        t_end = time.perf_counter()
         self.n_eval += 1
-        self.clock.record("intensity", lv.f, t0=t0, end=time.perf_counter(), render_ms=0.0,
-                          similarity_ms=(time.perf_counter() - t0) * 1e3, copy_ms=0.0)
-        return r, param_jacobian(J, T, self.centre, self.rho), cost
+        self.clock.record("intensity", lv.f, end=t_end, render_ms=(t_render - t0) * 1e3,
+                          similarity_ms=(t_end - t_render) * 1e3, copy_ms=0.0)
+        return first
 
     def _lm_options(self, lv: _Level, T: np.ndarray) -> tuple[LMOptions, float]:
         """LM settings of the level; the step size of the xtol test is the RMS predicted motion of
