@@ -66,10 +66,30 @@ def test_gradient_test_finds_a_blade_edge_the_intensity_fit_misses(drr):
     assert plain[edge].mean() < 0.5 < 0.9 < both[edge].mean()
     ring = np.zeros(drr.shape, bool)
     ring[31:79, 26:62] = True
-    assert both[~ring].mean() < 0.01                  # little else (the blade's gradient reaches 2-3 px)
+    # little else (the blade's gradient reaches 2-3 px; its edges bias a few tiles' gains)
+    assert both[~ring].mean() < 0.04
     # the anatomy's own edges with the start pose a pixel or two off stay in (reach_px)
     shifted = np.roll(np.roll(base, 2, axis=0), -1, axis=1)
-    assert gradient_outliers(shifted, drr, sel, sigma_px=1.0, reach_px=2)[4:-4, 4:-4].mean() < 0.01
+    assert gradient_outliers(shifted, drr, sel, sigma_px=1.0, reach_px=2)[4:-4, 4:-4].mean() < 0.02
     assert gradient_outliers(shifted, drr, sel, sigma_px=1.0, reach_px=0)[4:-4, 4:-4].mean() > \
         gradient_outliers(shifted, drr, sel, sigma_px=1.0, reach_px=2)[4:-4, 4:-4].mean()
     assert not gradient_outliers(np.ones_like(drr), np.ones_like(drr), sel).any()   # flat: nothing
+
+
+def test_gradient_test_finds_a_gas_rim_across_the_anatomy(drr):
+    # a gas pocket (an ellipsoid's chord profile: less attenuation, a steep rim) over the anatomy:
+    # its rim is about as strong as the anatomy's edges but runs another way -- the vector test
+    # flags it, the per-tile intensity fit absorbs the blob in the tiles' offsets
+    H, W = drr.shape
+    rng = np.random.default_rng(1)
+    v, u = np.mgrid[0:H, 0:W] / W
+    base = (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape)
+    sel = np.ones(drr.shape, bool)
+    assert outlier_mask(base, drr, sel, dilate_px=0, sigma_px=1.0).mean() < 0.02   # clean: noise tails only
+    for cy, cx in ((64, 64), (50, 40), (80, 70)):
+        r2 = ((u * W - cx) ** 2 + (v * H - cy) ** 2) / 12.0 ** 2
+        frame = base - drr.std() * np.sqrt(np.clip(1.0 - r2, 0.0, None))
+        rim = (r2 > 0.6) & (r2 < 1.0)
+        both = outlier_mask(frame, drr, sel, dilate_px=0, sigma_px=1.0)
+        assert outlier_mask(frame, drr, sel, dilate_px=0)[rim].mean() < 0.3 < 0.55 < both[rim].mean()
+        assert both[r2 > 2.0].mean() < 0.02

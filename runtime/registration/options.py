@@ -76,11 +76,12 @@ class RegistrarOptions:
             level's start pose cannot explain (instruments, gas; runtime.registration.outliers)
             from that level's pixel set (a level left with too few pixels keeps them)
         outlier_k: ... beyond this many robust standard deviations of the fit residual
-        gradient_outlier_k: per level: also drop the pixels whose gradient magnitude exceeds
-            what the DRR's (within ``outlier_reach_px``) explains by this many robust standard
-            deviations -- the edges of blades, screws, wires and gas that the gradient
-            similarities feel most (runtime.registration.outliers); None = the intensity test
-            only (the default at the coarsest level, whose start may be several pixels off)
+        gradient_outlier_k: per level: also drop the pixels whose gradient vector no shift of
+            the DRR's (by up to ``outlier_reach_px``) explains, by this many robust standard
+            deviations and at least half its size -- the edges of blades, screws, wires and the
+            rims of gas pockets that the gradient similarities feel most
+            (runtime.registration.outliers); None = the intensity test only (the default at the
+            coarsest level, whose start may be several pixels off)
         outlier_reach_px: the gradient test's tolerance for the level's start pose error (pixels
             of the level)
         voxels_per_pixel: working resolution: each level renders a block-averaged copy of the CT

@@ -13,9 +13,11 @@ set of the level.
 That intensity test misses what the gradient similarities feel most: the edges of a large flat
 object (a retractor blade, a screw head, a gas pocket) sit inside tiles whose affine fit splits the
 step, and thin wires are a pixel wide. The gradient test (``sigma_px`` given) flags pixels whose
-gradient magnitude exceeds what the DRR's can explain anywhere within ``reach_px`` (the DRR's
-magnitude dilated by that radius, so a start pose a pixel or two off does not flag the anatomy's
-own edges) times a per-tile gain, by ``k`` robust standard deviations. Both tests are unioned.
+gradient *vector* no shift of the DRR's gradient field by at most ``reach_px`` pixels explains (so
+a start pose a pixel or two off does not flag the anatomy's own edges), scaled by a per-tile signed
+gain, by ``k`` robust standard deviations: strong edges where the DRR has none, and edges as strong
+as the anatomy's that run another way -- the rim of a gas pocket across a vertebra, which a
+magnitude test misses. Both tests are unioned.
 """
 
 from __future__ import annotations
@@ -49,43 +51,67 @@ def _tile_groups(idx: np.ndarray, W: int, tile_px: int) -> tuple[np.ndarray, int
     return g, int(g.max()) + 1
 
 
-def _gradient_magnitude(img: np.ndarray, sigma_px: float) -> np.ndarray:
+def _gradients(img: np.ndarray, sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(img, np.float32)
-    return np.hypot(linear_filter(a, *filter_kernels("x", sigma_px)), linear_filter(a, *filter_kernels("y", sigma_px)))
+    return linear_filter(a, *filter_kernels("x", sigma_px)), linear_filter(a, *filter_kernels("y", sigma_px))
+
+
+def _tile_gains(t: np.ndarray, d: np.ndarray, g: np.ndarray, G: int) -> np.ndarray:
+    """(G,) signed least-squares gain of the gradient vectors ``t ~ a_p d`` (N, 2) per tile, its
+    size held within 0.5-2x the global gain's and its sign the global one's (polarity)."""
+    dd, dt = np.sum(d * d, 1), np.sum(d * t, 1)
+    gain = float(np.sum(dt)) / max(float(np.sum(dd)), 1e-30)
+    sdd, sdt = np.bincount(g, dd, G), np.bincount(g, dt, G)
+    a = np.where(sdd > 0, sdt / np.where(sdd > 0, sdd, 1.0), gain)
+    same = np.abs(a) * (np.sign(a) == np.sign(gain))
+    return np.sign(gain) * np.clip(same, 0.5 * abs(gain), 2.0 * abs(gain))
+
+
+def _unexplained(t: np.ndarray, a: np.ndarray, dx: np.ndarray, dy: np.ndarray, v: np.ndarray, u: np.ndarray,
+                 reach_px: int) -> np.ndarray:
+    """(N,) smallest ``|t - a grad drr(x + s)|`` over the shifts ``s`` in a disc of ``reach_px``."""
+    R = max(0, int(reach_px))
+    pdx, pdy = np.pad(dx, R, mode="edge"), np.pad(dy, R, mode="edge")
+    best = np.full(len(t), np.inf)
+    for sv in range(-R, R + 1):
+        for su in range(-R, R + 1):
+            if sv * sv + su * su <= R * R + 0.5:
+                ex = t[:, 0] - a * pdx[v + R + sv, u + R + su]
+                ey = t[:, 1] - a * pdy[v + R + sv, u + R + su]
+                best = np.minimum(best, np.hypot(ex, ey))
+    return best
 
 
 def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigma_px: float = 1.0,
                       reach_px: int = 2, tile_px: int = 16, k: float = 3.0) -> np.ndarray:
-    """(H, W) bool: pixels of ``sel`` whose gradient magnitude (Sobel after a Gaussian of
-    ``sigma_px``, as the gradient similarities see it) exceeds the DRR's largest within
-    ``reach_px`` times the tile's gain (median ratio, within 0.5-2x the global one) by more than
-    ``k`` robust standard deviations of that excess."""
+    """(H, W) bool: pixels of ``sel`` whose gradient vector (Sobel after a Gaussian of
+    ``sigma_px``, as the gradient similarities see it) no shift of the DRR's by at most
+    ``reach_px`` pixels explains: the smallest ``|grad target - a_p grad drr(x + s)|`` over the
+    shifts ``s`` (``a_p``: the tile's signed gain) exceeds its median by more than ``k`` robust
+    standard deviations, and half the target's gradient magnitude. Unlike a magnitude test it
+    also flags an edge as strong as the anatomy's that runs another way (the rim of a gas pocket
+    across a vertebra)."""
     sel = np.asarray(sel, bool)
     out = np.zeros(sel.shape, bool)
     idx = np.flatnonzero(sel)
     if idx.size < 64:
         return out
-    mt = _gradient_magnitude(target, sigma_px)
-    mr = _gradient_magnitude(drr, sigma_px)
-    md = mr if reach_px <= 0 else \
-        cv2.dilate(mr, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach_px + 1, 2 * reach_px + 1)))
-    t = mt.reshape(-1)[idx].astype(np.float64)
-    r = mr.reshape(-1)[idx].astype(np.float64)
-    d = md.reshape(-1)[idx].astype(np.float64)
-    r_med = float(np.median(r))
-    if not np.isfinite(r_med) or r_med <= 0:
-        return out
-    # gains from the undilated magnitudes (the dilated ones would bias them low and flag the
-    # anatomy's strongest edges); the bound uses the dilated ones
-    gain = float(np.median(t)) / r_med
-    g, G = _tile_groups(idx, sel.shape[1], tile_px)
-    tm, rm = _group_quantile(t, g, G, 0.5), _group_quantile(r, g, G, 0.5)
-    tile_gain = np.clip(tm / np.where(rm > 0, rm, np.inf), 0.5 * gain, 2.0 * gain)
-    excess = t - tile_gain[g] * d
-    sigma = 1.4826 * float(np.median(np.abs(excess - np.median(excess))))
+    tx, ty = _gradients(target, sigma_px)
+    dx, dy = _gradients(drr, sigma_px)
+    W = sel.shape[1]
+    t = np.stack([tx.reshape(-1)[idx], ty.reshape(-1)[idx]], 1).astype(np.float64)
+    d = np.stack([dx.reshape(-1)[idx], dy.reshape(-1)[idx]], 1).astype(np.float64)
+    g, G = _tile_groups(idx, W, tile_px)
+    v, u = np.divmod(idx, W)
+    # ... and at least half of the edge unexplained: edge enhancement's halos and the model error
+    # at the anatomy's own edges are a fraction of the local gradient
+    floor = 0.5 * np.hypot(t[:, 0], t[:, 1])
+    best = _unexplained(t, _tile_gains(t, d, g, G)[g], dx, dy, v, u, reach_px)
+    med = float(np.median(best))
+    sigma = 1.4826 * float(np.median(np.abs(best - med)))
     if not np.isfinite(sigma) or sigma <= 0:
         return out
-    out.reshape(-1)[idx[excess > k * sigma]] = True
+    out.reshape(-1)[idx[(best > med + k * sigma) & (best > floor)]] = True
     return out
 
 

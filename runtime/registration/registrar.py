@@ -244,9 +244,12 @@ class Registrar:
         (`runtime.registration.working`)."""
         return self.working.factors(intr, binning)
 
-    def level_projector(self, intr: Intrinsics, binning: int) -> Projector:
-        """The projector of level ``binning`` of detector ``intr`` (working volume built once)."""
-        return self.working.projector(intr, binning)
+    def level_projector(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
+                        ) -> Projector:
+        """The projector of level ``binning`` of detector ``intr`` (working volume built once);
+        ``voxels_per_pixel``: the working resolution (`RegistrarOptions.voxels_per_pixel`; "default":
+        the registrar's)."""
+        return self.working.projector(intr, binning, voxels_per_pixel)
 
     def anatomy_distance(self, T1: np.ndarray, T2: np.ndarray, rho: float | None = None) -> float:
         """Centre displacement (mm) plus ``rho`` (default ``options.rho_mm``) x relative rotation."""

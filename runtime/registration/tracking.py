@@ -63,6 +63,11 @@ class TrackingOptions:
         short_mask_points: a short run projects the mask by its voxel centres instead of ray-casting
             a mask channel (`RegistrarOptions.mask_projection` = "points"; the start's render
             with Jacobian is then the LM's first evaluation)
+        short_voxels_per_pixel: working resolution of a short run (`RegistrarOptions.
+            voxels_per_pixel`; None = the CT as given, "default" = the registrar's): coarser than a
+            whole registration's (1.5) because a short run starts within a pixel or two, where the
+            fine texture adds little and the render is most of a frame's time; the working volume
+            is built when the tracker is made
     """
 
     predict: bool = True
@@ -74,6 +79,7 @@ class TrackingOptions:
     full_budget_factor: float = 4.0
     view_change_deg: float = 2.0
     short_mask_points: bool = True
+    short_voxels_per_pixel: float | None | str = 3.0
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -87,6 +93,9 @@ class TrackingOptions:
             raise RegistrationError(f"TrackingOptions.full_budget_factor must be >= 1, got {self.full_budget_factor!r}")
         if not (math.isfinite(self.view_change_deg) and self.view_change_deg >= 0):
             raise RegistrationError(f"TrackingOptions.view_change_deg must be >= 0, got {self.view_change_deg!r}")
+        v = self.short_voxels_per_pixel
+        if v != "default" and v is not None and (isinstance(v, (bool, str)) or not (math.isfinite(v) and 0 < v <= 1e3)):
+            raise RegistrationError(f"TrackingOptions.short_voxels_per_pixel must be > 0, None or 'default', got {v!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
 
@@ -128,6 +137,12 @@ class Tracker:
         self.budget_ms = registrar.budget_ms if budget_ms is None else check_budget_ms(budget_ms)
         self.options = options or TrackingOptions()
         self.reset()
+        if self.options.short_voxels_per_pixel != "default":
+            # the short runs' working volume, built now rather than in the first short frame
+            intr = registrar.intrinsics
+            finest = auto_levels(intr.width, intr.height, registrar.options.level_widths)[-1]
+            with registrar._lock:
+                registrar.level_projector(intr, finest, self.options.short_voxels_per_pixel)
 
     def reset(self) -> None:
         """Forget the sequence: the next frame starts from ``init``."""
@@ -222,9 +237,12 @@ class Tracker:
             return None
 
     def _short_options(self, n_levels: int) -> Any:
-        """The registrar's options with ``short_xtol_px`` at the finest level and the mask
-        projected by its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``."""
+        """The registrar's options with ``short_xtol_px`` at the finest level, the mask projected by
+        its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``, and the working
+        resolution ``short_voxels_per_pixel``."""
         o, opts = self.options, self.reg.options
+        if o.short_voxels_per_pixel != "default":
+            opts = replace(opts, voxels_per_pixel=o.short_voxels_per_pixel)
         if o.short_xtol_px is not None:
             xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(o.short_xtol_px),)
             opts = replace(opts, xtol_px=xt)

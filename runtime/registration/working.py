@@ -50,12 +50,18 @@ class WorkingVolumes:
         self._masked: Volume | None = None
         self._projectors: OrderedDict[tuple[tuple[int, int, int], Intrinsics], Projector] = OrderedDict()
 
-    def factors(self, intr: Intrinsics, binning: int) -> tuple[int, int, int]:
-        return working_factors(self.volume, intr, binning, self.voxels_per_pixel, self.nominal_magnification)
+    def factors(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
+                ) -> tuple[int, int, int]:
+        """``voxels_per_pixel``: "default" = this set's own."""
+        vpp = self.voxels_per_pixel if voxels_per_pixel == "default" else voxels_per_pixel
+        return working_factors(self.volume, intr, binning, vpp, self.nominal_magnification)  # type: ignore[arg-type]
 
-    def projector(self, intr: Intrinsics, binning: int) -> Projector:
-        """The projector of level ``binning`` of detector ``intr`` (working volume built once)."""
-        factors = self.factors(intr, binning)
+    def projector(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
+                  ) -> Projector:
+        """The projector of level ``binning`` of detector ``intr`` (working volume built once);
+        ``voxels_per_pixel`` other than "default": a working volume of that resolution instead
+        (tracking's short frames)."""
+        factors = self.factors(intr, binning, voxels_per_pixel)
         key = (factors, intr)
         p = self._projectors.get(key)
         if p is not None:
