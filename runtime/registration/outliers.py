@@ -67,18 +67,20 @@ def _tile_gains(t: np.ndarray, d: np.ndarray, g: np.ndarray, G: int) -> np.ndarr
     return np.sign(gain) * np.clip(same, 0.5 * abs(gain), 2.0 * abs(gain))
 
 
-def _unexplained(t: np.ndarray, a: np.ndarray, dx: np.ndarray, dy: np.ndarray, v: np.ndarray, u: np.ndarray,
+def _unexplained(tx: np.ndarray, ty: np.ndarray, gain: np.ndarray, dx: np.ndarray, dy: np.ndarray,
                  reach_px: int) -> np.ndarray:
-    """(N,) smallest ``|t - a grad drr(x + s)|`` over the shifts ``s`` in a disc of ``reach_px``."""
+    """(H, W) smallest ``|t - gain * grad drr(x + s)|`` over the shifts ``s`` in a disc of
+    ``reach_px`` (images: the target's and the DRR's gradient components, the per-pixel gain)."""
     R = max(0, int(reach_px))
+    H, W = tx.shape
     pdx, pdy = np.pad(dx, R, mode="edge"), np.pad(dy, R, mode="edge")
-    best = np.full(len(t), np.inf)
+    best = np.full((H, W), np.inf)
     for sv in range(-R, R + 1):
         for su in range(-R, R + 1):
             if sv * sv + su * su <= R * R + 0.5:
-                ex = t[:, 0] - a * pdx[v + R + sv, u + R + su]
-                ey = t[:, 1] - a * pdy[v + R + sv, u + R + su]
-                best = np.minimum(best, np.hypot(ex, ey))
+                ex = tx - gain * pdx[R + sv:R + sv + H, R + su:R + su + W]
+                ey = ty - gain * pdy[R + sv:R + sv + H, R + su:R + su + W]
+                np.minimum(best, np.hypot(ex, ey), out=best)
     return best
 
 
@@ -102,11 +104,13 @@ def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigm
     t = np.stack([tx.reshape(-1)[idx], ty.reshape(-1)[idx]], 1).astype(np.float64)
     d = np.stack([dx.reshape(-1)[idx], dy.reshape(-1)[idx]], 1).astype(np.float64)
     g, G = _tile_groups(idx, W, tile_px)
-    v, u = np.divmod(idx, W)
+    gain = np.zeros(sel.shape)
+    gain.reshape(-1)[idx] = _tile_gains(t, d, g, G)[g]
     # ... and at least half of the edge unexplained: edge enhancement's halos and the model error
     # at the anatomy's own edges are a fraction of the local gradient
     floor = 0.5 * np.hypot(t[:, 0], t[:, 1])
-    best = _unexplained(t, _tile_gains(t, d, g, G)[g], dx, dy, v, u, reach_px)
+    f64 = [np.asarray(a, np.float64) for a in (tx, ty, dx, dy)]   # the float64 arithmetic of the fit
+    best = _unexplained(f64[0], f64[1], gain, f64[2], f64[3], reach_px).reshape(-1)[idx]
     med = float(np.median(best))
     sigma = 1.4826 * float(np.median(np.abs(best - med)))
     if not np.isfinite(sigma) or sigma <= 0:
