@@ -37,3 +37,31 @@ def test_registration_with_points_projection(phantom64, detector128):
     res = reg.register(frame, init=T0)
     pts = phantom64.mask_points(max_points=2000)
     assert reprojection_distance_mm(res.pose, Tt, pts, detector128) < 0.5 and res.confidence.accepted
+
+
+def test_windowed_start_render_changes_nothing(phantom64, detector128, monkeypatch):
+    # with "points" the pixel set is known before the start render, which then casts only its
+    # window (plus the filters' and the gradient test's reach): the same poses, bit for bit
+    import runtime.registration.intensity as intensity
+
+    reg = Registrar(phantom64, detector128, backend="cpu", mask_projection="points", mask_dilate_frac=0.02)
+    Tt = perturb_pose(pa_pose(reg.centre_ct), reg.centre_ct, [1.0, -2.0, 3.0], [20.0, -15.0, 0.0])
+    frame = synthesize_frame(phantom64, detector128, Tt, rng=np.random.default_rng(1), gamma=0.8)
+    T0 = perturb_pose(Tt, reg.centre_ct, [1.5, -1.0, 1.0], [3.0, -2.0, 3.0])
+    windows = []
+    real = intensity._render_window
+
+    def spy(sel, sigma_px, extra_px=0):
+        w = real(sel, sigma_px, extra_px)
+        if extra_px:
+            windows.append(w)
+        return w
+
+    monkeypatch.setattr(intensity, "_render_window", spy)
+    windowed = reg.register(frame, init=T0)
+    assert any(w is not None for w in windows)        # the start render was windowed
+    monkeypatch.setattr(intensity, "_render_window", lambda sel, s, extra_px=0: None if extra_px else real(sel, s))
+    whole = reg.register(frame, init=T0)
+    np.testing.assert_array_equal(windowed.pose, whole.pose)
+    assert windowed.iterations == whole.iterations and windowed.confidence.score == whole.confidence.score
+    assert reprojection_distance_mm(windowed.pose, Tt, phantom64.mask_points(max_points=2000), detector128) < 0.5

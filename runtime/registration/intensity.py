@@ -67,17 +67,40 @@ class _Level:
     # with a window: level-sized image and Jacobian buffers, zero outside it (allocated once)
 
 
-def _render_window(sel: np.ndarray, sigma_px: float) -> tuple[int, int, int, int] | None:
+def _render_window(sel: np.ndarray, sigma_px: float, extra_px: int = 0) -> tuple[int, int, int, int] | None:
     """Bounding box of ``sel`` grown by the Sobel + Gaussian reach (no selected pixel's filtered
-    value depends on a pixel outside it); None when it would not save a fifth of the pixels."""
+    value depends on a pixel outside it) plus ``extra_px``; None when it would not save a fifth of
+    the pixels."""
     rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
     if rows.size == 0:
         return None
-    m = 2 + int(math.ceil(3.0 * sigma_px))
+    m = 2 + int(math.ceil(3.0 * sigma_px)) + max(0, int(extra_px))
     H, W = sel.shape
     v0, v1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + 1 + m, H)
     u0, u1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + 1 + m, W)
     return None if (v1 - v0) * (u1 - u0) > 0.8 * H * W else (v0, v1, u0, u1)
+
+
+@dataclass
+class _LevelRender:
+    """A windowed render placed in level-sized arrays (zero outside the window)."""
+
+    image: np.ndarray
+    jacobian: np.ndarray | None
+
+
+def _in_level(rr: Any, shape: tuple[int, int]) -> Any:
+    """``rr`` itself when it covers the level, else its window in level-sized arrays."""
+    v0, v1, u0, u1 = rr.roi
+    if (v0, v1, u0, u1) == (0, shape[0], 0, shape[1]):
+        return rr
+    img = np.zeros(shape, np.float32)
+    img[v0:v1, u0:u1] = rr.image
+    jac = None
+    if rr.jacobian is not None:
+        jac = np.zeros((6,) + shape, np.float32)
+        jac[:, v0:v1, u0:u1] = rr.jacobian
+    return _LevelRender(img, jac)
 
 
 def _splat_points(points_ct: np.ndarray, T: np.ndarray, lintr: Intrinsics, voxel_mm: float
@@ -113,7 +136,8 @@ class IntensityStage:
         self.n_eval = evaluations
         self.polarity = None if self.opts.polarity == "auto" else float(self.opts.polarity)
         self.candidates: list[np.ndarray] = []
-        self._start_render: tuple | None = None  # (pose, binning, Render with Jacobian) of a level's start
+        self._start_render: tuple | None = None
+        # (pose, binning, Render with Jacobian, pixels it is exact on or None = all) of a level's start
 
     def _update(self, T: np.ndarray, delta: np.ndarray) -> np.ndarray:
         return param_update(T, delta, self.centre, self.rho)
@@ -222,7 +246,7 @@ class IntensityStage:
                 # the polarity decision at this level needs the start's Jacobian too: one render for both
                 rm = lproj.render(T, jacobian=self.polarity is None, binning=f, mask=True)
                 if rm.jacobian is not None:
-                    self._start_render = (T, f, rm)
+                    self._start_render = (T, f, rm, None)
                 drr_s = rm.image
                 pm = rm.mask > 0.5 * reg.volume.spacing.min()
             pm = cv2.dilate(pm.astype(np.uint8), cv2.getStructuringElement(
@@ -237,10 +261,14 @@ class IntensityStage:
             # cannot explain leave the pixel set (runtime.registration.outliers)
             if drr_s is None:
                 # "points" (tracking): render the start's Jacobian too, for the polarity decision
-                # or as the LM's first evaluation (`_start_evaluation`)
-                rs = lproj.render(T, jacobian=opts.mask_projection == "points", binning=f, mask=False)
+                # or as the LM's first evaluation (`_start_evaluation`); the pixel set is known
+                # before this render, so only its window (plus the gradient test's reach) is cast
+                points = opts.mask_projection == "points"
+                roi = _render_window(sel, float(at_level(opts.sigma_px, li)), opts.outlier_reach_px) \
+                    if points else None
+                rs = _in_level(lproj.render(T, jacobian=points, binning=f, mask=False, roi=roi), lintr.shape)
                 if rs.jacobian is not None:
-                    self._start_render = (T, f, rs)
+                    self._start_render = (T, f, rs, None if roi is None else sel)
                 drr_s = rs.image
             gk = at_level(opts.gradient_outlier_k, li)
             grad = {} if gk is None else dict(sigma_px=float(at_level(opts.sigma_px, li)),
@@ -275,9 +303,12 @@ class IntensityStage:
         return self._evaluate_start(lv, T, rr, t0, t0)
 
     def _cached_start(self, lv: _Level, T: np.ndarray) -> Any:
-        """The render with Jacobian `_pixel_sets` made at ``T`` for this level (taken once), or None."""
+        """The render with Jacobian `_pixel_sets` made at ``T`` for this level (taken once), or None
+        (also when it covers a window and the level fell back to pixels outside it)."""
         cached, self._start_render = self._start_render, None
-        return cached[2] if cached is not None and cached[0] is T and cached[1] == lv.f else None
+        if cached is None or cached[0] is not T or cached[1] != lv.f:
+            return None
+        return cached[2] if cached[3] is None or not (lv.sel & ~cached[3]).any() else None
 
     def _evaluate_start(self, lv: _Level, T: np.ndarray, rr: Any, t0: float, t_render: float
                         ) -> tuple[np.ndarray, np.ndarray, float]:

@@ -7,7 +7,7 @@
 
 Per frame: the start is the last accepted pose moved by the constant-velocity model (the relative
 motion between the last two accepted frames, when they were consecutive). While the motion is small
-(the last inter-frame motion of the anatomy below ``small_motion_mm``) only the finest
+(the last inter-frame motion of the anatomy's projection below ``small_motion_mm``) only the finest
 ``short_levels`` pyramid levels run, without the coarse search ("short"); a short run that is not
 accepted is retried with the whole pyramid and its search when at least half of the budget is left
 ("short+full"). After a frame that was not accepted the next one runs the whole pyramid ("full")
@@ -31,6 +31,7 @@ import numpy as np
 
 from runtime.core.pose import invert, validate_pose
 from runtime.errors import SopiError
+from runtime.registration.metrics import reprojection_distance_mm
 from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, RegistrationResult
 from runtime.registration.timing import check_budget_ms
@@ -44,8 +45,10 @@ class TrackingOptions:
 
     Attributes:
         predict: start from the constant-velocity prediction (else from the last accepted pose)
-        small_motion_mm: last inter-frame motion of the anatomy (centre displacement + rho x angle,
-            mm) below which a frame runs the short pyramid
+        small_motion_mm: last inter-frame motion of the anatomy's projection (mean over the
+            anatomy points, mm at the detector) below which a frame runs the short pyramid; in the
+            image, not in 3-D: depth and out-of-plane rotation are loose in one view and jitter
+            between a full and a short run's working resolution by a few mm
         short_levels: how many of the finest pyramid levels a short run uses (>= 1)
         reinit_after: consecutive frames not accepted before the start is the re-init source
         retry_full: retry a short run that was not accepted with the whole pyramid (time allowing)
@@ -148,7 +151,7 @@ class Tracker:
         """Forget the sequence: the next frame starts from ``init``."""
         self.pose: np.ndarray | None = None      # last accepted pose
         self.velocity: np.ndarray | None = None  # T_k @ inv(T_k-1) of the last two accepted frames
-        self.motion_mm = math.inf                # anatomy motion between them
+        self.motion_mm = math.inf                # motion of the anatomy's projection between them
         self.bad = 0                             # consecutive frames not accepted
         self.out_of_time = False                 # ... each of them only because the deadline came
         self.view: tuple[tuple[float, float], np.ndarray] | None = None
@@ -207,7 +210,8 @@ class Tracker:
         if accepted:
             if follows and self.pose is not None:
                 self.velocity = res.pose @ invert(self.pose)
-                self.motion_mm = reg.anatomy_distance(res.pose, self.pose)
+                self.motion_mm = reprojection_distance_mm(res.pose, self.pose, reg.points_ct[:256],
+                                                          getattr(frame, "intrinsics", None) or reg.intrinsics)
             elif not self.out_of_time:  # (after frames the deadline alone stopped: the model is kept)
                 self.velocity, self.motion_mm = None, math.inf
             self.pose = np.asarray(res.pose, float)
