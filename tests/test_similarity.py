@@ -84,3 +84,29 @@ def test_typed_errors():
         prepare_similarity("mi", img, np.ones((20, 20), bool))           # unknown kind
     with pytest.raises(RegistrationError):
         prepare_similarity("ncc", np.random.rand(20, 20), np.zeros((20, 20), bool))  # no pixels
+
+
+@pytest.mark.parametrize("kind", ["ncc", "lgc"])
+def test_windowed_evaluation_equals_the_whole_level(kind):
+    # the LM renders only the pixel set's window plus the filters' reach: the windowed similarity
+    # gives the level's residuals and Jacobian exactly
+    from runtime.registration.intensity import _render_window
+
+    rng = np.random.default_rng(3)
+    H, W = 64, 80
+    target = _smooth_field(rng, H, W).astype(np.float32)
+    drr, jac = _model(rng.normal(0, 0.1, 6), rng.normal(0, 1, (6, H, W)), _smooth_field(rng, H, W))
+    sel = np.zeros((H, W), bool)
+    sel[20:44, 25:50] = True
+    sim = prepare_similarity(kind, target, sel, polarity=-1.0, sigma_px=1.5, min_pixels=16, tile_px=8)
+    roi = _render_window(sel, 1.5)
+    assert roi is not None
+    v0, v1, u0, u1 = roi
+    win = sim.windowed(roi)
+    r, J, cost, value = sim.evaluate(drr, jac)
+    rw, Jw, cw, vw = win.evaluate(np.ascontiguousarray(drr[v0:v1, u0:u1]), np.ascontiguousarray(jac[:, v0:v1, u0:u1]))
+    np.testing.assert_array_equal(r, rw)
+    np.testing.assert_array_equal(J, Jw)
+    assert (cost, value) == (cw, vw) and win.polarity == -1.0
+    with pytest.raises(RegistrationError, match="window"):
+        sim.windowed((30, 40, 35, 45))                 # cuts through the pixel set

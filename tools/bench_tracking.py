@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-xtol-px", type=float, default=0.25, help="TrackingOptions.short_xtol_px (default 0.25)")
     ap.add_argument("--no-mask-points", action="store_true",
                     help="short frames ray-cast the mask channel (TrackingOptions.short_mask_points=False)")
-    ap.add_argument("--short-voxels-per-pixel", type=_literal, default=3.0,
-                    help="TrackingOptions.short_voxels_per_pixel (default 3.0; 'default' = the registrar's)")
+    ap.add_argument("--short-voxels-per-pixel", type=_literal, default="default",
+                    help="TrackingOptions.short_voxels_per_pixel (default: the registrar's working resolution)")
     ap.add_argument("--compare-mask-points", action="store_true",
                     help="also track every frame with the other short_mask_points setting (paired latencies)")
     ap.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE",

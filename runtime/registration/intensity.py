@@ -63,8 +63,8 @@ class _Level:
     roi: tuple[int, int, int, int] | None = None
     # the rendered window (v0, v1, u0, u1) of the LM's evaluations: the pixel set's bounding box
     # plus the filters' reach; None = the whole level
-    frame: tuple[np.ndarray, np.ndarray] | None = None
-    # with a window: level-sized image and Jacobian buffers, zero outside it (allocated once)
+    wsim: Any = None
+    # with a window: the similarity on it (`PreparedSimilarity.windowed`, made at the first LM step)
 
 
 def _render_window(sel: np.ndarray, sigma_px: float, extra_px: int = 0) -> tuple[int, int, int, int] | None:
@@ -356,16 +356,14 @@ class IntensityStage:
             raise StepRejected("anatomy centre left the view")
         rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False, roi=lv.roi)
         t1 = time.perf_counter()
-        drr, jac = rr.image, rr.jacobian
-        if lv.roi is not None:  # the window into a level-sized frame (zeros outside: never selected)
-            if lv.frame is None:
-                lv.frame = (np.zeros(lv.target.shape, np.float32), np.zeros((6,) + lv.target.shape, np.float32))
-            v0, v1, u0, u1 = lv.roi
-            lv.frame[0][v0:v1, u0:u1] = drr
-            lv.frame[1][:, v0:v1, u0:u1] = jac
-            drr, jac = lv.frame
+        sim = lv.sim
+        if lv.roi is not None:  # the similarity on the rendered window (the same residuals)
+            if lv.wsim is None:
+                lv.wsim = lv.sim.windowed(lv.roi)
+            sim = lv.wsim
+            sim.polarity = lv.sim.polarity
         t2 = time.perf_counter()
-        r, J, cost, _ = lv.sim.evaluate(drr, jac)
+        r, J, cost, _ = sim.evaluate(rr.image, rr.jacobian)
         J = param_jacobian(J, Tc, self.centre, self.rho)
         t3 = time.perf_counter()
         self.n_eval += 1

@@ -30,7 +30,7 @@ The pixel set (valid detector pixels, optionally the projected spine mask) is fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, cast, get_args
 
 import cv2
@@ -241,6 +241,18 @@ class PreparedSimilarity:
         value = self.polarity * float(sum(w * w * v for w, v in zip(self.weights, vals)))
         cost = 0.5 * float(r @ r)
         return r, J, cost, value
+
+    def windowed(self, roi: tuple[int, int, int, int]) -> PreparedSimilarity:
+        """The same similarity evaluated on a window ``(v0, v1, u0, u1)`` of the level (renders of
+        just that window): the pixel indices moved into it. Exact when the window contains every
+        selected pixel with the filters' reach around it (zero-padded or replicated, the
+        values outside never reach a selected pixel)."""
+        v0, v1, u0, u1 = roi
+        v, u = np.divmod(self.index, self.shape[1])
+        if v.size and (v.min() < v0 or v.max() >= v1 or u.min() < u0 or u.max() >= u1):
+            raise RegistrationError(f"window {roi} does not contain the selected pixels")
+        index = ((v - v0) * (u1 - u0) + (u - u0)).astype(np.int64)
+        return replace(self, index=index, shape=(v1 - v0, u1 - u0), tiles=self._tiles())
 
     def raw_correlation(self, drr: np.ndarray) -> float:
         """Mean correlation of the blocks without the polarity (sign tells the polarity)."""
