@@ -47,7 +47,8 @@ def test_coarse_search_finds_the_right_vertebra(setup):
     assert reprojection_distance_mm(T0, Tt, pts, intr) > 25
     res = reg.register(frame, init=T0)
     assert reprojection_distance_mm(res.pose, Tt, pts, intr) < 0.5
-    assert res.status == "converged" and res.confidence.accepted
+    # (the finest level's 5 steps may end by their count rather than by the 0.02 px step test)
+    assert res.status in ("converged", "max_iterations") and res.confidence.accepted
     plain = Registrar(vol, intr, backend="cpu", search_level=None, starts_per_level=1)
     res = plain.register(frame, init=T0)
     assert reprojection_distance_mm(res.pose, Tt, pts, intr) > 5      # the failure the search fixes
