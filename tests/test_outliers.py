@@ -17,12 +17,18 @@ def drr(phantom64, detector128):
     return img
 
 
+def _smooth_map(drr, seed):
+    """The frame as a smoothly varying gain and offset of the DRR (scatter, another mu mapping)
+    plus noise, and the normalised pixel grids (v, u)."""
+    H, W = drr.shape
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:H, 0:W] / W
+    return (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape), v, u
+
+
 def test_finds_a_wire_and_a_gas_pocket_and_little_else(drr):
     H, W = drr.shape
-    rng = np.random.default_rng(0)
-    # the frame: a smoothly varying gain and offset (scatter, another mu mapping) plus noise
-    v, u = np.mgrid[0:H, 0:W] / W
-    frame = (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape)
+    frame, v, u = _smooth_map(drr, 0)
     clean = outlier_mask(frame, drr, np.ones(drr.shape, bool), dilate_px=0)
     assert clean.mean() < 0.01
     wire = np.zeros(drr.shape, bool)
@@ -52,9 +58,7 @@ def test_gradient_test_finds_a_blade_edge_the_intensity_fit_misses(drr):
     # a retractor blade: a large flat plate of extra attenuation; per tile an affine fit splits its
     # step, while its edges are what a gradient similarity feels most
     H, W = drr.shape
-    rng = np.random.default_rng(1)
-    v, u = np.mgrid[0:H, 0:W] / W
-    base = (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape)
+    base, v, u = _smooth_map(drr, 1)
     blade = np.zeros(drr.shape, bool)
     blade[35:75, 30:58] = True
     edge = blade & ~np.pad(blade[1:-1, 1:-1] & blade[:-2, 1:-1] & blade[2:, 1:-1] & blade[1:-1, :-2]
@@ -81,9 +85,7 @@ def test_gradient_test_finds_a_gas_rim_across_the_anatomy(drr):
     # its rim is about as strong as the anatomy's edges but runs another way -- the vector test
     # flags it, the per-tile intensity fit absorbs the blob in the tiles' offsets
     H, W = drr.shape
-    rng = np.random.default_rng(1)
-    v, u = np.mgrid[0:H, 0:W] / W
-    base = (1.5 + 0.4 * u) * drr + 0.3 * v + rng.normal(0, 0.01 * drr.std(), drr.shape)
+    base, v, u = _smooth_map(drr, 1)
     sel = np.ones(drr.shape, bool)
     assert outlier_mask(base, drr, sel, dilate_px=0, sigma_px=1.0).mean() < 0.02   # clean: noise tails only
     for cy, cx in ((64, 64), (50, 40), (80, 70)):
