@@ -98,19 +98,16 @@ def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigm
     idx = np.flatnonzero(sel)
     if idx.size < 64:
         return out
-    tx, ty = _gradients(target, sigma_px)
-    dx, dy = _gradients(drr, sigma_px)
-    W = sel.shape[1]
-    t = np.stack([tx.reshape(-1)[idx], ty.reshape(-1)[idx]], 1).astype(np.float64)
-    d = np.stack([dx.reshape(-1)[idx], dy.reshape(-1)[idx]], 1).astype(np.float64)
-    g, G = _tile_groups(idx, W, tile_px)
+    tx, ty, dx, dy = (np.asarray(a, np.float64) for a in (*_gradients(target, sigma_px), *_gradients(drr, sigma_px)))
+    t = np.stack([tx.reshape(-1)[idx], ty.reshape(-1)[idx]], 1)
+    d = np.stack([dx.reshape(-1)[idx], dy.reshape(-1)[idx]], 1)
+    g, G = _tile_groups(idx, sel.shape[1], tile_px)
     gain = np.zeros(sel.shape)
     gain.reshape(-1)[idx] = _tile_gains(t, d, g, G)[g]
     # ... and at least half of the edge unexplained: edge enhancement's halos and the model error
     # at the anatomy's own edges are a fraction of the local gradient
     floor = 0.5 * np.hypot(t[:, 0], t[:, 1])
-    f64 = [np.asarray(a, np.float64) for a in (tx, ty, dx, dy)]   # the float64 arithmetic of the fit
-    best = _unexplained(f64[0], f64[1], gain, f64[2], f64[3], reach_px).reshape(-1)[idx]
+    best = _unexplained(tx, ty, gain, dx, dy, reach_px).reshape(-1)[idx]
     med = float(np.median(best))
     sigma = 1.4826 * float(np.median(np.abs(best - med)))
     if not np.isfinite(sigma) or sigma <= 0:

@@ -53,8 +53,8 @@ class WorkingVolumes:
     def factors(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
                 ) -> tuple[int, int, int]:
         """``voxels_per_pixel``: "default" = this set's own."""
-        vpp = self.voxels_per_pixel if voxels_per_pixel == "default" else voxels_per_pixel
-        return working_factors(self.volume, intr, binning, vpp, self.nominal_magnification)  # type: ignore[arg-type]
+        vpp = self.voxels_per_pixel if isinstance(voxels_per_pixel, str) else voxels_per_pixel
+        return working_factors(self.volume, intr, binning, vpp, self.nominal_magnification)
 
     def projector(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
                   ) -> Projector:
