@@ -205,7 +205,7 @@ class IntensityStage:
     # ------------------------------------------------------------------------------ level set-up
     def _prepare(self, li: int, f: int, T: np.ndarray) -> _Level | None:
         """The level's projector, binned frame, pixel set and similarity (None: skip the level)."""
-        lproj = self.reg.level_projector(self.intr, f, self.opts.voxels_per_pixel)
+        lproj = self.reg.level_projector(self.intr, f, self.opts.voxels_per_pixel, T, self.opts.ray_binning)
         lintr = lproj.level_intrinsics(f)
         target = bin_image(self.img, f)
         lvalid = bin_mask(self.valid, f)

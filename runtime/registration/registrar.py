@@ -181,6 +181,9 @@ class Registrar:
                                          .standard_normal(img.shape).astype(np.float32), valid, min_pixels=1)
                 sim.evaluate(img, r.jacobian)
                 proj.render(T, jacobian=False, binning=f, mask=False)
+                for axis in range(3):  # the ray-binned copies of views along each index axis
+                    self.working.projector(intr, f, "default", self.volume.affine[:3, axis],
+                                           self.options.ray_binning)
             if self._networks is not None:
                 self._networks.warm_up()
         self.warm_up_ms = (time.perf_counter() - t0) * 1e3
@@ -244,12 +247,19 @@ class Registrar:
         (`runtime.registration.working`)."""
         return self.working.factors(intr, binning)
 
-    def level_projector(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default"
-                        ) -> Projector:
+    def level_projector(self, intr: Intrinsics, binning: int, voxels_per_pixel: float | None | str = "default",
+                        pose: np.ndarray | None = None, ray_binning: int | None = None) -> Projector:
         """The projector of level ``binning`` of detector ``intr`` (working volume built once);
         ``voxels_per_pixel``: the working resolution (`RegistrarOptions.voxels_per_pixel`; "default":
-        the registrar's)."""
-        return self.working.projector(intr, binning, voxels_per_pixel)
+        the registrar's). With ``pose`` (T_cam_from_ct), the CT binned along the ray through the
+        anatomy by ``ray_binning`` (default `RegistrarOptions.ray_binning`) when that ray runs
+        along an index axis (`runtime.registration.working`)."""
+        direction = None
+        if pose is not None:
+            R = np.asarray(pose, float)[:3, :3]
+            direction = R.T @ (R @ self.centre_ct + np.asarray(pose, float)[:3, 3])
+        rb = self.options.ray_binning if ray_binning is None else ray_binning
+        return self.working.projector(intr, binning, voxels_per_pixel, direction, rb)
 
     def anatomy_distance(self, T1: np.ndarray, T2: np.ndarray, rho: float | None = None) -> float:
         """Centre displacement (mm) plus ``rho`` (default ``options.rho_mm``) x relative rotation."""
