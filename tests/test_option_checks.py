@@ -29,7 +29,7 @@ BAD = [
     ("search_level", 1.5), ("search_range_mm", 1e9), ("search_step_mm", 0.0), ("search_rot_deg", (math.nan,)),
     ("starts_per_level", 0), ("reject_outliers", 1), ("outlier_k", 0.0), ("voxels_per_pixel", -1.0),
     ("gradient_outlier_k", 0.0), ("gradient_outlier_k", "3"), ("outlier_reach_px", -1), ("outlier_reach_px", 2.5),
-    ("nominal_magnification", 0.5), ("polarity", "x"), ("polarity", 2), ("polarity", True),
+    ("nominal_magnification", 0.5), ("ray_binning", 0), ("ray_binning", 1.5), ("polarity", "x"), ("polarity", 2), ("polarity", True),
     ("confidence", 5), ("confidence", ConfidenceModel(sim_lo=0.9, sim_hi=0.8)),
     ("confidence", ConfidenceModel(unc_mm=math.nan)), ("tile_px", 1), ("similarity", "mi"),
 ]
