@@ -114,6 +114,10 @@ def test_tracking_options_checked():
         with pytest.raises(RegistrationError, match="short_voxels_per_pixel"):
             TrackingOptions(short_voxels_per_pixel=bad)
     TrackingOptions(short_voxels_per_pixel=None)
+    for bad in (0, 9, 2.0, "2", True):
+        with pytest.raises(RegistrationError, match="short_ray_binning"):
+            TrackingOptions(short_ray_binning=bad)
+    TrackingOptions(short_ray_binning=4)
     TrackingOptions(short_voxels_per_pixel="default")
 
 

@@ -153,8 +153,7 @@ def _summary(rows: list[dict], options: TrackingOptions, ev: dict, info: dict) -
     modes = {m: sum(r["mode"] == m for r in rows) for m in ("short", "short+full", "full", "reinit")}
     budget_ms = info["budget_ms"]
     return {
-        **info, "options": {k: getattr(options, k) for k in ("predict", "short_levels", "short_xtol_px",
-                                                             "short_mask_points", "short_voxels_per_pixel")},
+        **info, "options": {f.name: getattr(options, f.name) for f in fields(TrackingOptions)},
         "ms_p50": float(np.percentile(ms, 50)), "ms_p95": float(np.percentile(ms, 95)),
         "ms_p99": float(np.percentile(ms, 99)), "ms_max": float(ms.max()),
         "success_good_frames": float(np.mean([r["success"] for r in good])),
@@ -210,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="short frames ray-cast the mask channel (TrackingOptions.short_mask_points=False)")
     ap.add_argument("--short-voxels-per-pixel", type=_literal, default="default",
                     help="TrackingOptions.short_voxels_per_pixel (default: the registrar's working resolution)")
+    ap.add_argument("--short-ray-binning", type=_literal, default="default",
+                    help="TrackingOptions.short_ray_binning (default: the registrar's ray binning, 2)")
     ap.add_argument("--compare-mask-points", action="store_true",
                     help="also track every frame with the other short_mask_points setting (paired latencies)")
     ap.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE",
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.frames < 260:
         ap.error("--frames must be at least 260 (the bad frames sit at fixed places up to frame 250)")
     opts = TrackingOptions(predict=not a.no_predict, short_levels=a.short_levels, short_xtol_px=a.short_xtol_px,
-                           short_mask_points=not a.no_mask_points, short_voxels_per_pixel=a.short_voxels_per_pixel)
+                           short_mask_points=not a.no_mask_points, short_voxels_per_pixel=a.short_voxels_per_pixel,
+                           short_ray_binning=a.short_ray_binning)
     changes = dict(_field(kv) for kv in a.compare)
     if a.compare_mask_points:
         changes["short_mask_points"] = not opts.short_mask_points

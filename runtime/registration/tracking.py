@@ -72,6 +72,8 @@ class TrackingOptions:
             CT a short run's one or two steps then under-correct and the pose lags the motion (52 %
             of frames within 1 mm, docs/navigation.md), on the phantom it held (100 %); built when
             the tracker is made
+        short_ray_binning: `RegistrarOptions.ray_binning` of a short run ("default" = the
+            registrar's): 4 quarters the samples per ray of a view along a CT axis
     """
 
     predict: bool = True
@@ -84,6 +86,7 @@ class TrackingOptions:
     view_change_deg: float = 2.0
     short_mask_points: bool = True
     short_voxels_per_pixel: float | None | str = "default"
+    short_ray_binning: int | str = "default"
 
     def __post_init__(self) -> None:
         from runtime.errors import RegistrationError
@@ -100,6 +103,10 @@ class TrackingOptions:
         v = self.short_voxels_per_pixel
         if v != "default" and v is not None and (isinstance(v, (bool, str)) or not (math.isfinite(v) and 0 < v <= 1e3)):
             raise RegistrationError(f"TrackingOptions.short_voxels_per_pixel must be > 0, None or 'default', got {v!r}")
+        rb = self.short_ray_binning
+        if rb != "default" and (isinstance(rb, (bool, str)) or not isinstance(rb, int) or not 1 <= rb <= 8):
+            raise RegistrationError(f"TrackingOptions.short_ray_binning must be an integer in [1, 8] or 'default', "
+                                    f"got {rb!r}")
         if int(self.reinit_after) < 1:
             raise RegistrationError(f"TrackingOptions.reinit_after must be >= 1, got {self.reinit_after!r}")
 
@@ -243,11 +250,13 @@ class Tracker:
 
     def _short_options(self, n_levels: int) -> Any:
         """The registrar's options with ``short_xtol_px`` at the finest level, the mask projected by
-        its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``, and the working
-        resolution ``short_voxels_per_pixel``."""
+        its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``, the working
+        resolution ``short_voxels_per_pixel`` and ``short_ray_binning``."""
         o, opts = self.options, self.reg.options
         if o.short_voxels_per_pixel != "default":
             opts = replace(opts, voxels_per_pixel=o.short_voxels_per_pixel)
+        if isinstance(o.short_ray_binning, int):
+            opts = replace(opts, ray_binning=o.short_ray_binning)
         if o.short_xtol_px is not None:
             xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(o.short_xtol_px),)
             opts = replace(opts, xtol_px=xt)
