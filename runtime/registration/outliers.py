@@ -68,20 +68,24 @@ def _tile_gains(t: np.ndarray, d: np.ndarray, g: np.ndarray, G: int) -> np.ndarr
 
 
 def _unexplained(tx: np.ndarray, ty: np.ndarray, gain: np.ndarray, dx: np.ndarray, dy: np.ndarray,
-                 reach_px: int) -> np.ndarray:
-    """(H, W) smallest ``|t - gain * grad drr(x + s)|`` over the shifts ``s`` in a disc of
-    ``reach_px`` (images: the target's and the DRR's gradient components, the per-pixel gain)."""
+                 reach_px: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Smallest ``|t - gain * grad drr(x + s)|`` over the shifts ``s`` in a disc of ``reach_px``
+    on the rows v0:v1, columns u0:u1 (``box``) of the (H, W) images (the target's and the DRR's
+    gradient components, the per-pixel gain); the DRR's continue their edge values outside."""
     R = max(0, int(reach_px))
-    H, W = tx.shape
+    v0, v1, u0, u1 = box
+    h, w = v1 - v0, u1 - u0
     pdx, pdy = np.pad(dx, R, mode="edge"), np.pad(dy, R, mode="edge")
-    best = np.full((H, W), np.inf)
+    tx, ty, gain = tx[v0:v1, u0:u1], ty[v0:v1, u0:u1], gain[v0:v1, u0:u1]
+    best = np.full((h, w), np.inf)
     for sv in range(-R, R + 1):
         for su in range(-R, R + 1):
             if sv * sv + su * su <= R * R + 0.5:
-                ex = tx - gain * pdx[R + sv:R + sv + H, R + su:R + su + W]
-                ey = ty - gain * pdy[R + sv:R + sv + H, R + su:R + su + W]
-                np.minimum(best, np.hypot(ex, ey), out=best)
-    return best
+                a, b = R + sv + v0, R + su + u0
+                ex = tx - gain * pdx[a:a + h, b:b + w]
+                ey = ty - gain * pdy[a:a + h, b:b + w]
+                np.minimum(best, ex * ex + ey * ey, out=best)
+    return np.sqrt(best)
 
 
 def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigma_px: float = 1.0,
@@ -107,7 +111,10 @@ def gradient_outliers(target: np.ndarray, drr: np.ndarray, sel: np.ndarray, sigm
     # ... and at least half of the edge unexplained: edge enhancement's halos and the model error
     # at the anatomy's own edges are a fraction of the local gradient
     floor = 0.5 * np.hypot(t[:, 0], t[:, 1])
-    best = _unexplained(tx, ty, gain, dx, dy, reach_px).reshape(-1)[idx]
+    v, u = np.divmod(idx, sel.shape[1])
+    v0, u0 = int(v.min()), int(u.min())
+    box = (v0, int(v.max()) + 1, u0, int(u.max()) + 1)
+    best = _unexplained(tx, ty, gain, dx, dy, reach_px, box)[v - v0, u - u0]
     med = float(np.median(best))
     sigma = 1.4826 * float(np.median(np.abs(best - med)))
     if not np.isfinite(sigma) or sigma <= 0:
