@@ -81,26 +81,33 @@ def _render_window(sel: np.ndarray, sigma_px: float, extra_px: int = 0) -> tuple
     return None if (v1 - v0) * (u1 - u0) > 0.8 * H * W else (v0, v1, u0, u1)
 
 
-@dataclass
-class _LevelRender:
-    """A windowed render placed in level-sized arrays (zero outside the window)."""
-
-    image: np.ndarray
-    jacobian: np.ndarray | None
-
-
-def _in_level(rr: Any, shape: tuple[int, int]) -> Any:
-    """``rr`` itself when it covers the level, else its window in level-sized arrays."""
+def _level_image(rr: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The image of render ``rr`` in a level-sized array (zero outside its window)."""
     v0, v1, u0, u1 = rr.roi
     if (v0, v1, u0, u1) == (0, shape[0], 0, shape[1]):
-        return rr
+        return rr.image
     img = np.zeros(shape, np.float32)
     img[v0:v1, u0:u1] = rr.image
-    jac = None
-    if rr.jacobian is not None:
-        jac = np.zeros((6,) + shape, np.float32)
-        jac[:, v0:v1, u0:u1] = rr.jacobian
-    return _LevelRender(img, jac)
+    return img
+
+
+def _crop(rr: Any, roi: tuple[int, int, int, int] | None, shape: tuple[int, int]
+          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image, Jacobian) of render ``rr`` on the window ``roi`` (None: the whole level, zero outside
+    ``rr``'s window), or None when ``rr`` does not cover it."""
+    a0, a1, b0, b1 = rr.roi
+    v0, v1, u0, u1 = (0, shape[0], 0, shape[1]) if roi is None else roi
+    if (a0, a1, b0, b1) == (v0, v1, u0, u1):
+        return rr.image, rr.jacobian
+    if roi is not None and a0 <= v0 and v1 <= a1 and b0 <= u0 and u1 <= b1:
+        return rr.image[v0 - a0:v1 - a0, u0 - b0:u1 - b0], rr.jacobian[:, v0 - a0:v1 - a0, u0 - b0:u1 - b0]
+    if roi is not None:
+        return None
+    img = np.zeros(shape, np.float32)
+    img[a0:a1, b0:b1] = rr.image
+    jac = np.zeros((6,) + shape, np.float32)
+    jac[:, a0:a1, b0:b1] = rr.jacobian
+    return img, jac
 
 
 def _splat_points(points_ct: np.ndarray, T: np.ndarray, lintr: Intrinsics, voxel_mm: float
@@ -266,10 +273,10 @@ class IntensityStage:
                 points = opts.mask_projection == "points"
                 roi = _render_window(sel, float(at_level(opts.sigma_px, li)), opts.outlier_reach_px) \
                     if points else None
-                rs = _in_level(lproj.render(T, jacobian=points, binning=f, mask=False, roi=roi), lintr.shape)
+                rs = lproj.render(T, jacobian=points, binning=f, mask=False, roi=roi)
                 if rs.jacobian is not None:
                     self._start_render = (T, f, rs, None if roi is None else sel)
-                drr_s = rs.image
+                drr_s = _level_image(rs, lintr.shape)
             gk = at_level(opts.gradient_outlier_k, li)
             grad = {} if gk is None else dict(sigma_px=float(at_level(opts.sigma_px, li)),
                                                reach_px=opts.outlier_reach_px, gradient_k=float(gk))
@@ -287,7 +294,7 @@ class IntensityStage:
         rr = self._cached_start(lv, T) or lv.proj.render(T, jacobian=True, binning=lv.f, mask=False)
         tp1 = time.perf_counter()
         psim = lv.sim if lv.sim.kind == "ncc" else prepare_similarity("ncc", lv.target, lv.sel, min_pixels=lv.min_px)
-        self.polarity = 1.0 if psim.raw_correlation(rr.image) >= 0 else -1.0
+        self.polarity = 1.0 if psim.raw_correlation(_level_image(rr, lv.target.shape)) >= 0 else -1.0
         lv.sim.polarity = self.polarity
         first = self._evaluate_start(lv, T, rr, tp0, tp1)
         self.clock.iteration_s[lv.f] = time.perf_counter() - tp0
@@ -314,7 +321,14 @@ class IntensityStage:
                         ) -> tuple[np.ndarray, np.ndarray, float]:
         """(residuals, Jacobian w.r.t. the centred parameters, cost) of the start render ``rr``;
         counted and recorded as one evaluation (render from ``t0`` to ``t_render``)."""
-        r0, J0, c0, _ = lv.sim.evaluate(rr.image, rr.jacobian)
+        on = _crop(rr, lv.roi, lv.target.shape)
+        if on is None:  # (the level's window is not inside the start render's)
+            on = _crop(rr, None, lv.target.shape)
+            sim = lv.sim
+        else:
+            sim = self._window_similarity(lv)
+        assert on is not None
+        r0, J0, c0, _ = sim.evaluate(*on)
         first = (r0, param_jacobian(J0, T, self.centre, self.rho), c0)
         t_end = time.perf_counter()
         self.n_eval += 1
@@ -356,12 +370,7 @@ class IntensityStage:
             raise StepRejected("anatomy centre left the view")
         rr = lv.proj.render(Tc, jacobian=True, binning=lv.f, mask=False, roi=lv.roi)
         t1 = time.perf_counter()
-        sim = lv.sim
-        if lv.roi is not None:  # the similarity on the rendered window (the same residuals)
-            if lv.wsim is None:
-                lv.wsim = lv.sim.windowed(lv.roi)
-            sim = lv.wsim
-            sim.polarity = lv.sim.polarity
+        sim = self._window_similarity(lv)
         t2 = time.perf_counter()
         r, J, cost, _ = sim.evaluate(rr.image, rr.jacobian)
         J = param_jacobian(J, Tc, self.centre, self.rho)
@@ -371,6 +380,17 @@ class IntensityStage:
                           similarity_ms=(t3 - t2) * 1e3, copy_ms=(t2 - t1) * 1e3)
         self.clock.iteration_s[lv.f] = time.perf_counter() - t0
         return r, J, cost
+
+    @staticmethod
+    def _window_similarity(lv: _Level) -> Any:
+        """The level's similarity on its render window (the same residuals; made once), with the
+        level's polarity; the level's own without a window."""
+        if lv.roi is None:
+            return lv.sim
+        if lv.wsim is None:
+            lv.wsim = lv.sim.windowed(lv.roi)
+        lv.wsim.polarity = lv.sim.polarity
+        return lv.wsim
 
     def _run_starts(self, lv: _Level, T: np.ndarray, T_start: np.ndarray, T_init: np.ndarray,
                     lopt: LMOptions, first: tuple | None) -> list[LMResult]:
