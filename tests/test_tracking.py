@@ -55,6 +55,21 @@ def test_smooth_motion_runs_short_and_predicted(setup):
     assert res[3].to_dict()["tracking"]["mode"] == modes[3]
 
 
+def test_display_inverted_mid_run(setup):
+    # short runs keep the last accepted polarity; when the display inverts, the short run is not
+    # accepted, its full retry decides the polarity again, and the next frames run short with it
+    vol, intr, reg = setup
+    poses, _ = _sequence(vol, intr, reg, 9)
+    frames = [synthesize_frame(vol, intr, T, rng=np.random.default_rng(k), i0=3e4, invert=k >= 5)
+              for k, T in enumerate(poses)]
+    res = reg.track(frames, init=poses[0])
+    for T, r in zip(poses, res):
+        assert r.confidence.accepted and reprojection_distance_mm(r.pose, T, reg.points_ct, intr) < 0.3
+    assert [r.polarity for r in res] == [1.0] * 5 + [-1.0] * 4
+    assert res[4].tracking["mode"] == "short" and res[5].tracking["mode"] == "short+full"
+    assert [r.tracking["mode"] for r in res[7:]] == ["short", "short"]
+
+
 def reg_levels(reg, intr):
     from runtime.registration.pyramid import auto_levels
     return auto_levels(intr.width, intr.height, reg.options.level_widths)

@@ -10,15 +10,16 @@ motion between the last two accepted frames, when they were consecutive). While 
 (the last inter-frame motion of the anatomy's projection below ``small_motion_mm``) only the finest
 ``short_levels`` pyramid levels run, without the coarse search ("short"); a short run that is not
 accepted is retried with the whole pyramid and its search when at least half of the budget is left
-("short+full"). After a frame that was not accepted the next one runs the whole pyramid ("full")
-from the last accepted pose, unless the deadline alone stopped it: then the motion model still
-holds and the next frame runs short from the prediction. After ``reinit_after`` consecutive frames
-not accepted the start is the re-initialisation source (``reinit``: a 4x4 pose, "dicom" or
-"network"; default the first ``init``) ("reinit"). A frame whose DICOM positioner angles moved
-(the C-arm was swung) starts from the last pose moved by that rotation about the isocentre
-("view"). A frame that is not accepted never becomes a start and never updates the velocity; an
-unusable frame (flat, NaN, wrong size) gives a result with status "failed" and the reason in
-``confidence.reasons`` instead of an exception."""
+("short+full"); a short run keeps the last accepted frame's polarity (a display that inverts fails
+it once, and its full retry decides again). After a frame that was not accepted the next one runs
+the whole pyramid ("full") from the last accepted pose, unless the deadline alone stopped it: then
+the motion model still holds and the next frame runs short from the prediction. After
+``reinit_after`` consecutive frames not accepted the start is the re-initialisation source
+(``reinit``: a 4x4 pose, "dicom" or "network"; default the first ``init``) ("reinit"). A frame
+whose DICOM positioner angles moved (the C-arm was swung) starts from the last pose moved by that
+rotation about the isocentre ("view"). A frame that is not accepted never becomes a start and never
+updates the velocity; an unusable frame (flat, NaN, wrong size) gives a result with status "failed"
+and the reason in ``confidence.reasons`` instead of an exception."""
 
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ class Tracker:
         self.view: tuple[tuple[float, float], np.ndarray] | None = None
         # (positioner angles, their T_cam_from_ct about the isocentre) of the last accepted frame
         self.frames = 0
+        self.polarity: float | None = None       # of the last accepted frame (short runs keep it)
 
     def _start(self) -> tuple[Any, str, bool]:
         """(start, mode, predicted)."""
@@ -223,6 +225,7 @@ class Tracker:
             elif not self.out_of_time:  # (after frames the deadline alone stopped: the model is kept)
                 self.velocity, self.motion_mm = None, math.inf
             self.pose = np.asarray(res.pose, float)
+            self.polarity = float(res.polarity)
             self.bad, self.out_of_time = 0, False
             if view is not None:
                 self.view = view
@@ -251,12 +254,15 @@ class Tracker:
     def _short_options(self, n_levels: int) -> Any:
         """The registrar's options with ``short_xtol_px`` at the finest level, the mask projected by
         its points (`RegistrarOptions.mask_projection`) when ``short_mask_points``, the working
-        resolution ``short_voxels_per_pixel`` and ``short_ray_binning``."""
+        resolution ``short_voxels_per_pixel``, ``short_ray_binning``, and the last accepted frame's
+        polarity (a display that inverts mid-run fails the short run; its full retry decides again)."""
         o, opts = self.options, self.reg.options
         if o.short_voxels_per_pixel != "default":
             opts = replace(opts, voxels_per_pixel=o.short_voxels_per_pixel)
         if isinstance(o.short_ray_binning, int):
             opts = replace(opts, ray_binning=o.short_ray_binning)
+        if opts.polarity == "auto" and self.polarity is not None:
+            opts = replace(opts, polarity=self.polarity)
         if o.short_xtol_px is not None:
             xt = tuple(float(at_level(opts.xtol_px, i)) for i in range(n_levels - 1)) + (float(o.short_xtol_px),)
             opts = replace(opts, xtol_px=xt)
