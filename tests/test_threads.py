@@ -59,3 +59,38 @@ def test_one_registrar_serialises_concurrent_calls(phantom64, detector64):
     for t in threads:
         t.join(timeout=300)
     assert len(poses) == 2 and all(np.array_equal(p, ref) for p in poses)
+
+
+def test_blas_single_threaded_during_registration_only(phantom64, detector64, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import runtime.registration.intensity as intensity
+
+    def blas_threads() -> list[int]:  # numpy's BLAS (other packages may bring their own)
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    before = blas_threads()
+    assert before  # numpy's BLAS is visible to threadpoolctl
+    seen: list[list[int]] = []
+    real = intensity.outlier_mask
+
+    def spy(*a, **k):
+        # (OpenBLAS reports its count per calling thread: read it on the main thread only)
+        if threading.current_thread() is threading.main_thread():
+            seen.append(blas_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(intensity, "outlier_mask", spy)
+    cases = _cases(phantom64, detector64, 2)
+    reg = Registrar(phantom64, detector64, backend="cpu")
+    reg.register(cases[0][0], init=cases[0][1])
+    # two registrations at once in two threads: the count, not the last to leave, restores
+    threads = [threading.Thread(target=Registrar(phantom64, detector64, backend="cpu").register,
+                                args=(fr,), kwargs={"init": T0}) for fr, T0 in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reg.track([fr for fr, _ in cases], init=cases[0][1])
+    assert len(seen) >= 3 and all(s == [1] * len(before) for s in seen)
+    assert blas_threads() == before

@@ -27,12 +27,14 @@ last one at that level; an iteration that would end past the deadline is not sta
 
 Threading: one `register` / `track` at a time per instance; concurrent calls are serialised by a
 lock (the projector's buffers and the per-level caches are per instance). Use one Registrar per
-thread for parallel registrations. The volume is uploaded once, in the constructor.
+thread for parallel registrations. The volume is uploaded once, in the constructor. While any
+registration of the process runs, numpy's BLAS runs single-threaded (`blas`: its spinning threads
+slowed the projector's); the caller's setting comes back when the last one ends.
 
 Modules: `options` (RegistrarOptions), `frame_input` (what a frame may be), `working` (the
 working-resolution CT copies and their projectors), `intensity` (the intensity stage),
 `search` (coarse grid search), `centred` (the pose parametrisation), `pyramid`, `similarity`,
-`outliers`, `solver` (LM), `confidence`, `timing` (deadline and timings), `result`.
+`outliers`, `solver` (LM), `confidence`, `timing` (deadline and timings), `result`, `blas`.
 
 Errors (all `runtime.errors.SopiError`): `FrameMismatchError` (frame size vs intrinsics),
 `RegistrationError` (NaN in the frame, volume not in view, flat frame, ``init="network"``
@@ -54,6 +56,7 @@ from runtime.core.pose import geodesic_distance, validate_pose
 from runtime.core.volume import Volume
 from runtime.errors import FrameMismatchError, RegistrationError
 from runtime.projector.projector import Projector
+from runtime.registration.blas import single_threaded_blas
 from runtime.registration.centred import anatomy_distance
 from runtime.registration.confidence import ConfidenceModel, assess
 from runtime.registration.frame_input import parse_frame
@@ -169,7 +172,7 @@ class Registrar:
     def warm_up(self, intrinsics: Intrinsics | None = None) -> float:
         """Compile / upload everything a first `register` would (all levels), return the ms spent."""
         t0 = time.perf_counter()
-        with self._lock:
+        with self._lock, single_threaded_blas():
             intr = intrinsics or self.intrinsics
             T = self._default_view_pose(intr)
             for f in auto_levels(intr.width, intr.height, self.options.level_widths):
@@ -200,7 +203,7 @@ class Registrar:
                 a bare array then needs a pose).
             budget_ms: overrides the constructor's budget for this call.
         """
-        with self._lock:
+        with self._lock, single_threaded_blas():
             return self._register(frame, init, self.budget_ms if budget_ms is None else check_budget_ms(budget_ms))
 
     def register_views(self, frames: Sequence[Any], T_cam_from_ref: Any, init: Any = None,
@@ -227,7 +230,7 @@ class Registrar:
         """
         from runtime.registration.multiview import register_views
 
-        with self._lock:
+        with self._lock, single_threaded_blas():
             return register_views(self, frames, T_cam_from_ref, init,
                                   self.budget_ms if budget_ms is None else check_budget_ms(budget_ms),
                                   view_prior=view_prior, max_tre_mm=max_tre_mm)

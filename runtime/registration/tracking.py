@@ -32,6 +32,7 @@ import numpy as np
 
 from runtime.core.pose import invert, validate_pose
 from runtime.errors import SopiError
+from runtime.registration.blas import single_threaded_blas
 from runtime.registration.metrics import reprojection_distance_mm
 from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, RegistrationResult
@@ -201,7 +202,7 @@ class Tracker:
         n_levels = len(self._levels(frame))
         first = max(n_levels - int(o.short_levels), 0) if mode == "short" else 0
         try:
-            with reg._lock:
+            with reg._lock, single_threaded_blas():
                 budget = self.budget_ms if mode == "short" or self.budget_ms is None else \
                     self.budget_ms * o.full_budget_factor
                 res = reg._register(frame, start, budget, first_level=first,
