@@ -91,18 +91,21 @@ def _level_image(rr: Any, shape: tuple[int, int]) -> np.ndarray:
     return img
 
 
-def _crop(rr: Any, roi: tuple[int, int, int, int] | None, shape: tuple[int, int]
-          ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(image, Jacobian) of render ``rr`` on the window ``roi`` (None: the whole level, zero outside
-    ``rr``'s window), or None when ``rr`` does not cover it."""
+def _crop(rr: Any, roi: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image, Jacobian) of render ``rr`` on the window ``roi`` of its level, or None when ``rr``'s
+    window does not contain it."""
     a0, a1, b0, b1 = rr.roi
-    v0, v1, u0, u1 = (0, shape[0], 0, shape[1]) if roi is None else roi
-    if (a0, a1, b0, b1) == (v0, v1, u0, u1):
-        return rr.image, rr.jacobian
-    if roi is not None and a0 <= v0 and v1 <= a1 and b0 <= u0 and u1 <= b1:
-        return rr.image[v0 - a0:v1 - a0, u0 - b0:u1 - b0], rr.jacobian[:, v0 - a0:v1 - a0, u0 - b0:u1 - b0]
-    if roi is not None:
+    v0, v1, u0, u1 = roi
+    if not (a0 <= v0 and v1 <= a1 and b0 <= u0 and u1 <= b1):
         return None
+    return rr.image[v0 - a0:v1 - a0, u0 - b0:u1 - b0], rr.jacobian[:, v0 - a0:v1 - a0, u0 - b0:u1 - b0]
+
+
+def _level_arrays(rr: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(image, Jacobian) of render ``rr`` in level-sized arrays (zero outside its window)."""
+    if tuple(rr.roi) == (0, shape[0], 0, shape[1]):
+        return rr.image, rr.jacobian
+    a0, a1, b0, b1 = rr.roi
     img = np.zeros(shape, np.float32)
     img[a0:a1, b0:b1] = rr.image
     jac = np.zeros((6,) + shape, np.float32)
@@ -321,14 +324,11 @@ class IntensityStage:
                         ) -> tuple[np.ndarray, np.ndarray, float]:
         """(residuals, Jacobian w.r.t. the centred parameters, cost) of the start render ``rr``;
         counted and recorded as one evaluation (render from ``t0`` to ``t_render``)."""
-        on = _crop(rr, lv.roi, lv.target.shape)
-        if on is None:  # (the level's window is not inside the start render's)
-            on = _crop(rr, None, lv.target.shape)
-            sim = lv.sim
-        else:
-            sim = self._window_similarity(lv)
-        assert on is not None
-        r0, J0, c0, _ = sim.evaluate(*on)
+        on = None if lv.roi is None else _crop(rr, lv.roi)
+        if on is not None:  # the level's window: as the LM's evaluations
+            r0, J0, c0, _ = self._window_similarity(lv).evaluate(*on)
+        else:  # no window, or the level's window is not inside the start render's
+            r0, J0, c0, _ = lv.sim.evaluate(*_level_arrays(rr, lv.target.shape))
         first = (r0, param_jacobian(J0, T, self.centre, self.rho), c0)
         t_end = time.perf_counter()
         self.n_eval += 1
