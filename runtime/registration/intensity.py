@@ -103,11 +103,10 @@ def _crop(rr: Any, roi: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarr
 
 def _level_arrays(rr: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(image, Jacobian) of render ``rr`` in level-sized arrays (zero outside its window)."""
-    if tuple(rr.roi) == (0, shape[0], 0, shape[1]):
-        return rr.image, rr.jacobian
+    img = _level_image(rr, shape)
+    if img is rr.image:
+        return img, rr.jacobian
     a0, a1, b0, b1 = rr.roi
-    img = np.zeros(shape, np.float32)
-    img[a0:a1, b0:b1] = rr.image
     jac = np.zeros((6,) + shape, np.float32)
     jac[:, a0:a1, b0:b1] = rr.jacobian
     return img, jac

@@ -47,7 +47,8 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any, Literal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -172,7 +173,7 @@ class Registrar:
     def warm_up(self, intrinsics: Intrinsics | None = None) -> float:
         """Compile / upload everything a first `register` would (all levels), return the ms spent."""
         t0 = time.perf_counter()
-        with self._lock, single_threaded_blas():
+        with self._exclusive():
             intr = intrinsics or self.intrinsics
             T = self._default_view_pose(intr)
             for f in auto_levels(intr.width, intr.height, self.options.level_widths):
@@ -203,7 +204,7 @@ class Registrar:
                 a bare array then needs a pose).
             budget_ms: overrides the constructor's budget for this call.
         """
-        with self._lock, single_threaded_blas():
+        with self._exclusive():
             return self._register(frame, init, self.budget_ms if budget_ms is None else check_budget_ms(budget_ms))
 
     def register_views(self, frames: Sequence[Any], T_cam_from_ref: Any, init: Any = None,
@@ -230,7 +231,7 @@ class Registrar:
         """
         from runtime.registration.multiview import register_views
 
-        with self._lock, single_threaded_blas():
+        with self._exclusive():
             return register_views(self, frames, T_cam_from_ref, init,
                                   self.budget_ms if budget_ms is None else check_budget_ms(budget_ms),
                                   view_prior=view_prior, max_tre_mm=max_tre_mm)
@@ -377,6 +378,13 @@ class Registrar:
             warnings=warnings, network_init=net_info)
 
     # ----------------------------------------------------------------------------- helpers
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One registration on this instance: its lock, and one BLAS thread meanwhile
+        (`runtime.registration.blas`)."""
+        with self._lock, single_threaded_blas():
+            yield
+
     def _default_view_pose(self, intr: Intrinsics) -> np.ndarray:
         """A pose looking at the anatomy centre from 0.75 SDD (warm-up only)."""
         T = np.eye(4)

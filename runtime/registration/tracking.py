@@ -32,7 +32,6 @@ import numpy as np
 
 from runtime.core.pose import invert, validate_pose
 from runtime.errors import SopiError
-from runtime.registration.blas import single_threaded_blas
 from runtime.registration.metrics import reprojection_distance_mm
 from runtime.registration.pyramid import at_level, auto_levels
 from runtime.registration.result import Confidence, RegistrationResult
@@ -106,7 +105,7 @@ class TrackingOptions:
         if v != "default" and v is not None and (isinstance(v, (bool, str)) or not (math.isfinite(v) and 0 < v <= 1e3)):
             raise RegistrationError(f"TrackingOptions.short_voxels_per_pixel must be > 0, None or 'default', got {v!r}")
         rb = self.short_ray_binning
-        if rb != "default" and (isinstance(rb, (bool, str)) or not isinstance(rb, int) or not 1 <= rb <= 8):
+        if rb != "default" and (isinstance(rb, bool) or not isinstance(rb, int) or not 1 <= rb <= 8):
             raise RegistrationError(f"TrackingOptions.short_ray_binning must be an integer in [1, 8] or 'default', "
                                     f"got {rb!r}")
         if int(self.reinit_after) < 1:
@@ -202,7 +201,7 @@ class Tracker:
         n_levels = len(self._levels(frame))
         first = max(n_levels - int(o.short_levels), 0) if mode == "short" else 0
         try:
-            with reg._lock, single_threaded_blas():
+            with reg._exclusive():
                 budget = self.budget_ms if mode == "short" or self.budget_ms is None else \
                     self.budget_ms * o.full_budget_factor
                 res = reg._register(frame, start, budget, first_level=first,
